@@ -119,7 +119,7 @@ class VPDiscrete(NoiseProcess):
 
     continuous_time = False
 
-    def __init__(self, alphas_cumprod: Tensor, name: str = "vp", spacing: str = "trailing"):
+    def __init__(self, alphas_cumprod: Tensor, name: str = "vp", spacing: str = "leading"):
         abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         if abar.ndim != 1 or len(abar) < 2:
             raise ValueError("process.alphas_cumprod must be a 1-D table with at least 2 entries")

@@ -1,0 +1,256 @@
+"""RDKit molecule -> graph for the conformer denoiser: atom and bond features, stereo encodings, hop-typed edges.
+
+Stereo is encoded so that it means the same thing whatever the atom order of the input:
+- tetrahedral centres: RDKit's CW/CCW tag is relative to the order of the atom's bonds, which a permutation-
+  invariant network cannot see (``N[C@@H](C)C(=O)O`` and ``N[C@H](C(=O)O)C`` are the same L-alanine with
+  opposite tags). The tag is therefore re-expressed relative to the neighbours sorted by their canonical
+  (topological) rank, stored as a signed ``chirality`` (+1 CW, -1 CCW, 0 none), and every bond edge into a
+  centre carries the rank slot of its sender, so the network knows which neighbour is which. Centres whose
+  neighbours tie in rank (ring cis/trans, pseudo-asymmetric centres) are flagged as relative stereo, unsigned;
+- double bonds: every pair of substituents across an E/Z bond gets a cis or trans flag on its 3-hop edge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from rdkit import Chem, rdBase
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.utils import scatter
+
+__all__ = [
+    "MoleculeError",
+    "SUPPORTED_ELEMENTS",
+    "NODE_DIM",
+    "EDGE_DIM",
+    "MAX_HOPS",
+    "mol_from_smiles",
+    "prepare_mol",
+    "featurize",
+    "remove_mean",
+]
+
+SUPPORTED_ELEMENTS = ("H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I")
+FORMAL_CHARGES = (-2, -1, 0, 1, 2)
+_HYB = Chem.rdchem.HybridizationType
+HYBRIDISATIONS = (_HYB.S, _HYB.SP, _HYB.SP2, _HYB.SP3, _HYB.SP3D, _HYB.SP3D2)  # + one slot for anything else
+RING_SIZES = (3, 4, 5, 6, 7, 8)
+MAX_DEGREE = 6
+MAX_HYDROGENS = 4
+MAX_HOPS = 3  # bond, 2-hop (angle) and 3-hop (torsion) edges
+_BT = Chem.rdchem.BondType
+BOND_TYPES = (_BT.SINGLE, _BT.DOUBLE, _BT.TRIPLE, _BT.AROMATIC)
+_TETRAHEDRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
+_CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
+_TRANS = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOTRANS)
+MAX_STEREO_NEIGHBOURS = 4
+
+# element, charge, aromatic, hybridisation (+other), in ring, ring sizes, degree 0..6, H count 0..4, stereo flags
+NODE_DIM = (len(SUPPORTED_ELEMENTS) + len(FORMAL_CHARGES) + 1 + len(HYBRIDISATIONS) + 1 + 1 + len(RING_SIZES)
+            + MAX_DEGREE + 1 + MAX_HYDROGENS + 1 + 2)
+# hop one-hot, bond type, conjugated, in ring, E/Z specified, cis pair, trans pair, sender's rank slot at a centre
+EDGE_DIM = MAX_HOPS + len(BOND_TYPES) + 1 + 1 + 1 + 2 + MAX_STEREO_NEIGHBOURS
+
+
+class MoleculeError(ValueError):
+    """A molecule the featuriser cannot represent; names the molecule and the reason."""
+
+    def __init__(self, molecule: str, reason: str):
+        super().__init__(f"molecule {molecule!r}: {reason}")
+        self.molecule = molecule
+        self.reason = reason
+
+
+def _label(mol: Chem.Mol, name: str | None) -> str:
+    if name:
+        return name
+    if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
+        return mol.GetProp("_Name").strip()
+    try:
+        return Chem.MolToSmiles(mol) if mol.GetNumAtoms() else "<empty>"
+    except RuntimeError:
+        return "<unnamed molecule>"
+
+
+def _log_reason(messages: str) -> str:
+    """The first RDKit log line without its timestamp."""
+    for line in messages.splitlines():
+        text = line.split("] ", 1)[-1].strip()
+        if text:
+            return text
+    return "no reason given by RDKit"
+
+
+def mol_from_smiles(smiles: str, name: str | None = None) -> Chem.Mol:
+    """Parse, sanitise and validate a SMILES, add explicit hydrogens and perceive stereo; raises MoleculeError."""
+    label = name or smiles
+    with rdBase.BlockLogs(), rdBase.CaptureErrorLog() as log:
+        mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    if mol is None:
+        raise MoleculeError(label, f"could not parse SMILES ({_log_reason(log.messages)})")
+    mol.SetProp("_Name", label)
+    return prepare_mol(mol, name=label)
+
+
+def _check_elements(mol: Chem.Mol, label: str) -> None:
+    if mol.GetNumAtoms() == 0:
+        raise MoleculeError(label, "no atoms")
+    for atom in mol.GetAtoms():
+        if atom.GetSymbol() not in SUPPORTED_ELEMENTS:
+            raise MoleculeError(
+                label, f"unsupported element {atom.GetSymbol()} (atom {atom.GetIdx()}); supported: {', '.join(SUPPORTED_ELEMENTS)}"
+            )
+
+
+def _check_sanitised(mol: Chem.Mol, label: str) -> None:
+    for atom in mol.GetAtoms():
+        if atom.GetFormalCharge() not in FORMAL_CHARGES:
+            raise MoleculeError(
+                label, f"formal charge {atom.GetFormalCharge():+d} on {atom.GetSymbol()} (atom {atom.GetIdx()}) outside -2..+2"
+            )
+    for atom in mol.GetAtoms():
+        if atom.GetNumRadicalElectrons():
+            raise MoleculeError(
+                label, f"radical: {atom.GetNumRadicalElectrons()} unpaired electron(s) on {atom.GetSymbol()} (atom {atom.GetIdx()})"
+            )
+    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    if len(fragments) > 1:
+        smiles = ".".join(Chem.MolToSmiles(Chem.RemoveHs(f, sanitize=False)) for f in fragments)
+        raise MoleculeError(label, f"{len(fragments)} disconnected fragments ({smiles}); pass one molecule, e.g. the largest fragment")
+
+
+def prepare_mol(mol: Chem.Mol, name: str | None = None) -> Chem.Mol:
+    """A sanitised, validated copy with explicit hydrogens (placed in 3D when the molecule has a conformer) and perceived stereo."""
+    label = _label(mol, name)
+    _check_elements(mol, label)
+    mol = Chem.Mol(mol)
+    try:
+        Chem.SanitizeMol(mol)
+    except Chem.rdchem.MolSanitizeException as exc:
+        raise MoleculeError(label, f"sanitisation failed: {exc}") from None
+    _check_sanitised(mol, label)
+    if any(atom.GetTotalNumHs() for atom in mol.GetAtoms()):
+        mol = Chem.AddHs(mol, addCoords=mol.GetNumConformers() > 0)
+    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
+    return mol
+
+
+def _one_hot(value, choices, other: bool = False) -> list[float]:
+    """One-hot of value over choices, with a trailing catch-all slot when ``other``."""
+    hot = [float(value == c) for c in choices]
+    return hot + [float(value not in choices)] if other else hot
+
+
+def _permutation_parity(order: list[int]) -> int:
+    """0 for an even permutation, 1 for an odd one (counts inversions; lists here have at most 6 entries)."""
+    return sum(order[a] > order[b] for a in range(len(order)) for b in range(a + 1, len(order))) % 2
+
+
+def _tetrahedral_stereo(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], int]]:
+    """Per atom: the chirality sign relative to rank-sorted neighbours, a relative-stereo flag; per (centre, neighbour): rank slot."""
+    n = mol.GetNumAtoms()
+    sign, relative = np.zeros(n), np.zeros(n)
+    slot: dict[tuple[int, int], int] = {}
+    ranks = list(Chem.CanonicalRankAtoms(mol, breakTies=False, includeChirality=False))
+    for atom in mol.GetAtoms():
+        tag = atom.GetChiralTag()
+        if tag == Chem.ChiralType.CHI_UNSPECIFIED:
+            continue
+        i = atom.GetIdx()
+        # RDKit's tag refers to the neighbours in the order of the atom's bonds.
+        neighbours = [bond.GetOtherAtomIdx(i) for bond in atom.GetBonds()]
+        neighbour_ranks = [ranks[j] for j in neighbours]
+        if tag not in _TETRAHEDRAL or len(set(neighbour_ranks)) < len(neighbours) or not 3 <= len(neighbours) <= 4:
+            relative[i] = 1.0
+            continue
+        order = sorted(range(len(neighbours)), key=neighbour_ranks.__getitem__)
+        handed = 1.0 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CW else -1.0
+        sign[i] = handed * (-1.0) ** _permutation_parity(order)
+        for position, k in enumerate(order):
+            slot[(i, neighbours[k])] = position
+    return sign, relative, slot
+
+
+def _double_bond_pairs(mol: Chem.Mol) -> dict[tuple[int, int], int]:
+    """For each stereo double bond b=c: +1 (cis) or -1 (trans) for every substituent pair (a on b, d on c), both directions."""
+    pairs: dict[tuple[int, int], int] = {}
+    for bond in mol.GetBonds():
+        stereo = bond.GetStereo()
+        if stereo not in _CIS + _TRANS or len(bond.GetStereoAtoms()) != 2:
+            continue
+        # Legacy perception sets E/Z relative to the stereo atoms (the CIP-highest substituents); CIS/TRANS are too.
+        relation = 1 if stereo in _CIS else -1
+        b, c = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        ref_b, ref_c = bond.GetStereoAtoms()
+        if mol.GetBondBetweenAtoms(ref_b, b) is None:
+            ref_b, ref_c = ref_c, ref_b
+        for a in (x.GetIdx() for x in mol.GetAtomWithIdx(b).GetNeighbors() if x.GetIdx() != c):
+            for d in (x.GetIdx() for x in mol.GetAtomWithIdx(c).GetNeighbors() if x.GetIdx() != b):
+                value = relation * (1 if a == ref_b else -1) * (1 if d == ref_c else -1)
+                pairs[(a, d)] = pairs[(d, a)] = value
+    return pairs
+
+
+def _atom_features(atom: Chem.Atom, relative_stereo: float, signed: bool) -> list[float]:
+    ring = [float(atom.IsInRingSize(k)) for k in RING_SIZES]
+    return (
+        _one_hot(atom.GetSymbol(), SUPPORTED_ELEMENTS)
+        + _one_hot(atom.GetFormalCharge(), FORMAL_CHARGES)
+        + [float(atom.GetIsAromatic())]
+        + _one_hot(atom.GetHybridization(), HYBRIDISATIONS, other=True)
+        + [float(atom.IsInRing())] + ring
+        + _one_hot(min(atom.GetDegree(), MAX_DEGREE), range(MAX_DEGREE + 1))
+        + _one_hot(min(atom.GetTotalNumHs(includeNeighbors=True), MAX_HYDROGENS), range(MAX_HYDROGENS + 1))
+        + [float(signed), relative_stereo]
+    )
+
+
+def _edge_features(mol: Chem.Mol, src: int, dst: int, hops: int, cis_trans: dict, slot: dict) -> list[float]:
+    """Features of the directed edge src -> dst (dst receives the message)."""
+    bond = mol.GetBondBetweenAtoms(src, dst) if hops == 1 else None
+    bond_part = [0.0] * (len(BOND_TYPES) + 3)
+    if bond is not None:
+        bond_part = (_one_hot(bond.GetBondType(), BOND_TYPES)
+                     + [float(bond.GetIsConjugated()), float(bond.IsInRing()), float(bond.GetStereo() in _CIS + _TRANS)])
+    relation = cis_trans.get((src, dst), 0)
+    rank_slot = slot.get((dst, src), -1)
+    return (_one_hot(hops, range(1, MAX_HOPS + 1)) + bond_part + [float(relation == 1), float(relation == -1)]
+            + _one_hot(rank_slot, range(MAX_STEREO_NEIGHBOURS)))
+
+
+def featurize(mol: Chem.Mol, coords: ArrayLike | Tensor | None = None, name: str | None = None) -> Data:
+    """Graph of a molecule with explicit hydrogens: x (N, NODE_DIM), chirality (N,), z, bond/2-hop/3-hop edges, pos if given."""
+    label = _label(mol, name)
+    mol = prepare_mol(mol, name=label)
+    n = mol.GetNumAtoms()
+    sign, relative, slot = _tetrahedral_stereo(mol)
+    cis_trans = _double_bond_pairs(mol)
+    x = [_atom_features(atom, relative[atom.GetIdx()], sign[atom.GetIdx()] != 0) for atom in mol.GetAtoms()]
+    hops = Chem.GetDistanceMatrix(mol)
+    src, dst = np.nonzero((hops >= 1) & (hops <= MAX_HOPS))
+    edge_attr = [_edge_features(mol, int(s), int(d), int(hops[s, d]), cis_trans, slot) for s, d in zip(src, dst)]
+    data = Data(
+        x=torch.tensor(x, dtype=torch.float32).reshape(n, NODE_DIM),
+        chirality=torch.tensor(sign, dtype=torch.float32),
+        z=torch.tensor([atom.GetAtomicNum() for atom in mol.GetAtoms()], dtype=torch.long),
+        edge_index=torch.tensor(np.stack([src, dst]), dtype=torch.long).reshape(2, -1),
+        edge_attr=torch.tensor(edge_attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
+        num_nodes=n,
+        name=label,
+        smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)),
+    )
+    if coords is not None:
+        pos = torch.as_tensor(coords, dtype=torch.get_default_dtype())
+        if pos.shape != (n, 3):
+            raise MoleculeError(label, f"coords have shape {tuple(pos.shape)} but the molecule has {n} atoms with hydrogens (need ({n}, 3))")
+        data.pos = pos
+    return data
+
+
+def remove_mean(x: Tensor, batch: Tensor | None = None) -> Tensor:
+    """Subtract each graph's centre of mass (unweighted mean over its nodes); the samplers' zero-CoM ``project`` hook."""
+    if batch is None:
+        return x - x.mean(dim=0, keepdim=True)
+    return x - scatter(x, batch, dim=0, reduce="mean")[batch]

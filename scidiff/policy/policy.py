@@ -1,0 +1,188 @@
+"""Diffusion Policy: a U-Net denoises a chunk of Tp actions conditioned on To observations (Chi et al. 2023).
+
+The policy owns everything a checkpoint needs to act: the observation and action normalisers, the
+observation encoder, the U-Net and the noise-process settings. Construction takes only plain values, so
+``DiffusionPolicy(**policy.config())`` rebuilds it and ``save_policy`` / ``load_policy`` round-trip it through
+one safetensors file (weights + JSON config in the metadata; never pickle).
+
+``objective="regression"`` turns the same network into the direct-regression baseline: one forward pass with a
+fixed zero input and time, trained by MSE on the normalised action chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from scidiff.core import check_sampler, diffusion_loss, sample, x0_denoiser
+from scidiff.core.config import build_diffusion
+
+from .normalizer import MinMaxNormalizer
+from .unet1d import ConditionalUnet1D
+
+__all__ = ["OBJECTIVES", "CHI_PROCESS", "DiffusionPolicy", "save_policy", "load_policy"]
+
+OBJECTIVES = ("diffusion", "regression")
+_FORMAT = "scidiff.policy/1"
+# Chi et al. (2023): 100 training steps, squaredcos_cap_v2 (cosine) schedule, epsilon prediction. Same schema as
+# the ``process`` config section (conf/process/*.yaml), built by the core's build_diffusion.
+CHI_PROCESS: dict[str, Any] = {
+    "name": "vp", "schedule": "cosine", "num_steps": 100, "spacing": "leading", "prediction": "epsilon",
+    "weighting": "none",
+}
+
+
+class DiffusionPolicy(nn.Module):
+    """Low-dim observation -> action-chunk policy: denoising (Chi et al. 2023) or direct MSE regression on one U-Net."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        horizon: int = 16,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        down_dims: list[int] | tuple[int, ...] = (256, 512, 1024),
+        kernel_size: int = 5,
+        n_groups: int = 8,
+        step_embed_dim: int = 256,
+        objective: str = "diffusion",
+        process: dict[str, Any] | None = None,
+        clip_sample: float | None = 1.0,
+    ):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective: unknown {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if not 1 <= n_obs_steps <= horizon:
+            raise ValueError(f"n_obs_steps must be in [1, horizon={horizon}], got {n_obs_steps}")
+        if n_action_steps < 1 or n_obs_steps - 1 + n_action_steps > horizon:
+            raise ValueError(
+                f"actions To-1 .. To-1+Ta-1 = {n_obs_steps - 1} .. {n_obs_steps + n_action_steps - 2} must lie inside "
+                f"the predicted horizon of {horizon}"
+            )
+        self._config = dict(
+            obs_dim=int(obs_dim), action_dim=int(action_dim), horizon=int(horizon), n_obs_steps=int(n_obs_steps),
+            n_action_steps=int(n_action_steps), down_dims=[int(d) for d in down_dims], kernel_size=int(kernel_size),
+            n_groups=int(n_groups), step_embed_dim=int(step_embed_dim), objective=objective,
+            process=dict(CHI_PROCESS if process is None else process),
+            clip_sample=None if clip_sample is None else float(clip_sample),
+        )
+        self.obs_dim, self.action_dim, self.horizon = obs_dim, action_dim, horizon
+        self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
+        self.objective, self.clip_sample = objective, clip_sample
+        self.diffusion = build_diffusion(self._config["process"])
+        self.process = self.diffusion.process
+
+        self.obs_normalizer = MinMaxNormalizer(obs_dim)
+        self.action_normalizer = MinMaxNormalizer(action_dim)
+        # Low-dim observations: the To steps are flattened into the FiLM conditioning vector.
+        self.obs_encoder = nn.Flatten(start_dim=1)
+        self.unet = ConditionalUnet1D(
+            action_dim, horizon, global_cond_dim=n_obs_steps * obs_dim, down_dims=down_dims,
+            kernel_size=kernel_size, n_groups=n_groups, step_embed_dim=step_embed_dim,
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able construction arguments: DiffusionPolicy(**config()) rebuilds this architecture."""
+        return json.loads(json.dumps(self._config))
+
+    @torch.no_grad()
+    def fit_normalizers(self, obs: Tensor | Any, action: Tensor | Any) -> "DiffusionPolicy":
+        """Fit the min-max limits on observation rows (..., obs_dim) and action rows (..., action_dim)."""
+        self.obs_normalizer.fit(obs)
+        self.action_normalizer.fit(action)
+        return self
+
+    def _condition(self, obs: Tensor) -> Tensor:
+        """Normalised, encoded conditioning (B, To * obs_dim) from the first To observations."""
+        if obs.ndim != 3 or obs.shape[1] < self.n_obs_steps or obs.shape[2] != self.obs_dim:
+            raise ValueError(
+                f"obs must have shape (batch, >= n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}), "
+                f"got {tuple(obs.shape)}"
+            )
+        return self.obs_encoder(self.obs_normalizer(obs[:, : self.n_obs_steps]))
+
+    def _network(self, cond: Tensor):
+        """The core's net(x, t) with this batch's conditioning closed over."""
+        return lambda x, t: self.unet(x, t, global_cond=cond)
+
+    def _regress(self, cond: Tensor) -> Tensor:
+        """Regression baseline: the U-Net at a fixed zero input and zero time."""
+        x = cond.new_zeros(cond.shape[0], self.horizon, self.action_dim)
+        return self.unet(x, cond.new_zeros(cond.shape[0]), global_cond=cond)
+
+    def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Scalar training loss on a batch {"obs": (B, >=To, obs_dim), "action": (B, Tp, action_dim)}."""
+        if batch["action"].ndim != 3 or batch["action"].shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(
+                f"action must have shape (batch, horizon={self.horizon}, action_dim={self.action_dim}), "
+                f"got {tuple(batch['action'].shape)}"
+            )
+        cond = self._condition(batch["obs"])
+        action = self.action_normalizer(batch["action"])
+        if self.objective == "regression":
+            return nn.functional.mse_loss(self._regress(cond), action)
+        d = self.diffusion
+        return diffusion_loss(self._network(cond), action, d.process, d.prediction, d.weighting, generator=generator,
+                              min_snr_gamma=d.min_snr_gamma)
+
+    @torch.no_grad()
+    def predict_action(
+        self, obs_history: Tensor, sampler: str = "ddim", steps: int = 10, generator: torch.Generator | None = None,
+        **sampler_options: Any,
+    ) -> dict[str, Tensor]:
+        """Predict Tp actions from (B, To, obs_dim) observations; "action" holds the Ta to execute, To-1 .. To+Ta-2 (Chi et al. 2023)."""
+        if obs_history.ndim != 3 or obs_history.shape[1] != self.n_obs_steps:
+            raise ValueError(
+                f"obs_history must have shape (batch, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}), "
+                f"got {tuple(obs_history.shape)}"
+            )
+        cond = self._condition(obs_history)
+        if self.objective == "regression":
+            naction = self._regress(cond)
+        else:
+            check_sampler(sampler, steps)
+            denoise = x0_denoiser(self._network(cond), self.process, self.diffusion.prediction, clip=self.clip_sample)
+            shape = (cond.shape[0], self.horizon, self.action_dim)
+            naction = sample(denoise, shape, self.process, sampler, steps, generator=generator, device=cond.device,
+                             dtype=cond.dtype, **sampler_options).x
+        action_pred = self.action_normalizer.unnormalize(naction)
+        start = self.n_obs_steps - 1
+        return {"action_pred": action_pred, "action": action_pred[:, start : start + self.n_action_steps]}
+
+
+def save_policy(policy: DiffusionPolicy, path: str | os.PathLike) -> Path:
+    """Write weights, normalisers and config to one safetensors file, atomically (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
+    metadata = {"format": _FORMAT, "config": json.dumps(policy.config())}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_policy(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffusionPolicy:
+    """Rebuild a policy from a save_policy file: architecture from its metadata, then weights (strict)."""
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        metadata = f.metadata() or {}
+        if "config" not in metadata:
+            raise ValueError(f"{path}: no 'config' in the safetensors metadata; not written by save_policy")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    policy = DiffusionPolicy(**json.loads(metadata["config"])).to(device)
+    policy.load_state_dict(tensors, strict=True)
+    return policy.eval()
