@@ -15,17 +15,25 @@ TRAINERS = {
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .core.config import compose, to_container
+    from .core.config import build_diffusion, build_sampler, compose, to_container
+    from .core.trainer import TrainConfig
 
     cfg = to_container(compose(args.overrides))
     task = cfg.get("task")
     if task not in TRAINERS:
-        raise SystemExit(f"task: unknown task {task!r}; choose one of {', '.join(TRAINERS)}")
+        raise ValueError(f"task: unknown task {task!r}; choose one of {', '.join(TRAINERS)}")
+    # Validate every section before anything is written or trained.
+    build_diffusion(cfg["process"])
+    build_sampler(cfg["sampler"])
+    TrainConfig.from_mapping(cfg["trainer"])
     out_dir = Path(cfg["trainer"]["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     from omegaconf import OmegaConf
 
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    import torch
+
+    torch.manual_seed(int(cfg["trainer"].get("seed", 0)))  # the same command builds the same initial weights
     module, func = TRAINERS[task].split(":")
     result = getattr(importlib.import_module(module), func)(cfg)
     print(json.dumps({"step": result.step, "loss": result.last_loss, "out_dir": str(result.out_dir)}))

@@ -167,6 +167,8 @@ class _RunLog:
 
     def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
         self.enabled = enabled
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
         self.writer = None
         if enabled and tensorboard:

@@ -143,8 +143,27 @@ def _gate(num_scalars: int, num_vectors: int, num_tensors: int) -> Gate:
     )
 
 
+class EquivariantRMSNorm(nn.Module):
+    """h / rms(h) over all components of a node, times a learnable gain per irrep channel (cf. Liao & Smidt 2023, Equiformer).
+
+    The rms is invariant under O(3), so the map is equivariant; it keeps each layer's output at unit scale, which
+    the tensor products need because their weights depend on the node scalars (each layer is quadratic in h).
+    """
+
+    def __init__(self, irreps: o3.Irreps, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gain = nn.Parameter(torch.ones(irreps.num_irreps))
+        channel_of_component = [k for k, ir in enumerate(ir for mul, ir in irreps for _ in range(mul)) for _ in range(ir.dim)]
+        self.register_buffer("channel", torch.tensor(channel_of_component, dtype=torch.long), persistent=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        rms = (h.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt()
+        return h / rms * self.gain[self.channel]
+
+
 class TensorProductConv(nn.Module):
-    """Tensor-product convolution h_i' = Lin(h_i) + Gate(sum_j w_ij TP(h_j, Y(r_ij); W_ij) / sum_j w_ij).
+    """Tensor-product convolution h_i' = Norm(Lin(h_i) + Gate(sum_j w_ij TP(h_j, Y(r_ij); W_ij) / sqrt(sum_j w_ij))).
 
     Per-edge tensor-product weights W_ij come from an MLP on the edge embedding and both endpoints' scalars
     (Thomas et al. 2018; Jing et al. 2022; Corso et al. 2023).
@@ -157,6 +176,7 @@ class TensorProductConv(nn.Module):
         self.fc = _mlp([edge_dim + 2 * num_scalars_in, edge_dim, self.tp.weight_numel])
         self.gate = gate
         self.skip = o3.Linear(irreps_in, gate.irreps_out)
+        self.norm = EquivariantRMSNorm(gate.irreps_out)
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_emb: Tensor, edge_sh: Tensor, edge_weight: Tensor,
                 norm: Tensor) -> Tensor:
@@ -165,7 +185,7 @@ class TensorProductConv(nn.Module):
         weights = self.fc(torch.cat([edge_emb, scalars[src], scalars[dst]], dim=-1))
         messages = self.tp(h[src], edge_sh, weights) * edge_weight[:, None]
         pooled = scatter(messages, dst, dim=0, dim_size=h.shape[0], reduce="sum") / norm[:, None]
-        return self.skip(h) + self.gate(pooled)
+        return self.norm(self.skip(h) + self.gate(pooled))
 
 
 class ConformerDenoiser(nn.Module):
@@ -207,7 +227,8 @@ class ConformerDenoiser(nn.Module):
         edge_sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
         rbf = gaussian_smearing(dist, self.config.num_rbf, self.config.rbf_max)
         edge_emb = self.edge_mlp(torch.cat([rbf, edge_attr, temb[dst]], dim=-1))
-        # Envelope-weighted mean, so a pair crossing the cutoff changes the output continuously.
+        # Envelope weights in the normaliser too, so a pair crossing the cutoff changes the output continuously;
+        # sqrt rather than a plain mean so that a lone source (one stereocentre) is not diluted by the degree.
         norm = scatter(edge_weight, dst, dim=0, dim_size=x.shape[0], reduce="sum").clamp_min(1.0).sqrt()
 
         for layer in self.layers:

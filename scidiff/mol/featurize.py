@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from rdkit import Chem, rdBase
+from rdkit import Chem
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
+
+from .chem import FORMAL_CHARGES, SUPPORTED_ELEMENTS, MoleculeError, mol_from_smiles, prepare_mol
 
 __all__ = [
     "MoleculeError",
@@ -32,8 +34,6 @@ __all__ = [
     "remove_mean",
 ]
 
-SUPPORTED_ELEMENTS = ("H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I")
-FORMAL_CHARGES = (-2, -1, 0, 1, 2)
 _HYB = Chem.rdchem.HybridizationType
 HYBRIDISATIONS = (_HYB.S, _HYB.SP, _HYB.SP2, _HYB.SP3, _HYB.SP3D, _HYB.SP3D2)  # + one slot for anything else
 RING_SIZES = (3, 4, 5, 6, 7, 8)
@@ -52,89 +52,6 @@ NODE_DIM = (len(SUPPORTED_ELEMENTS) + len(FORMAL_CHARGES) + 1 + len(HYBRIDISATIO
             + MAX_DEGREE + 1 + MAX_HYDROGENS + 1 + 2)
 # hop one-hot, bond type, conjugated, in ring, E/Z specified, cis pair, trans pair, sender's rank slot at a centre
 EDGE_DIM = MAX_HOPS + len(BOND_TYPES) + 1 + 1 + 1 + 2 + MAX_STEREO_NEIGHBOURS
-
-
-class MoleculeError(ValueError):
-    """A molecule the featuriser cannot represent; names the molecule and the reason."""
-
-    def __init__(self, molecule: str, reason: str):
-        super().__init__(f"molecule {molecule!r}: {reason}")
-        self.molecule = molecule
-        self.reason = reason
-
-
-def _label(mol: Chem.Mol, name: str | None) -> str:
-    if name:
-        return name
-    if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
-        return mol.GetProp("_Name").strip()
-    try:
-        return Chem.MolToSmiles(mol) if mol.GetNumAtoms() else "<empty>"
-    except RuntimeError:
-        return "<unnamed molecule>"
-
-
-def _log_reason(messages: str) -> str:
-    """The first RDKit log line without its timestamp."""
-    for line in messages.splitlines():
-        text = line.split("] ", 1)[-1].strip()
-        if text:
-            return text
-    return "no reason given by RDKit"
-
-
-def mol_from_smiles(smiles: str, name: str | None = None) -> Chem.Mol:
-    """Parse, sanitise and validate a SMILES, add explicit hydrogens and perceive stereo; raises MoleculeError."""
-    label = name or smiles
-    with rdBase.BlockLogs(), rdBase.CaptureErrorLog() as log:
-        mol = Chem.MolFromSmiles(smiles, sanitize=False)
-    if mol is None:
-        raise MoleculeError(label, f"could not parse SMILES ({_log_reason(log.messages)})")
-    mol.SetProp("_Name", label)
-    return prepare_mol(mol, name=label)
-
-
-def _check_elements(mol: Chem.Mol, label: str) -> None:
-    if mol.GetNumAtoms() == 0:
-        raise MoleculeError(label, "no atoms")
-    for atom in mol.GetAtoms():
-        if atom.GetSymbol() not in SUPPORTED_ELEMENTS:
-            raise MoleculeError(
-                label, f"unsupported element {atom.GetSymbol()} (atom {atom.GetIdx()}); supported: {', '.join(SUPPORTED_ELEMENTS)}"
-            )
-
-
-def _check_sanitised(mol: Chem.Mol, label: str) -> None:
-    for atom in mol.GetAtoms():
-        if atom.GetFormalCharge() not in FORMAL_CHARGES:
-            raise MoleculeError(
-                label, f"formal charge {atom.GetFormalCharge():+d} on {atom.GetSymbol()} (atom {atom.GetIdx()}) outside -2..+2"
-            )
-    for atom in mol.GetAtoms():
-        if atom.GetNumRadicalElectrons():
-            raise MoleculeError(
-                label, f"radical: {atom.GetNumRadicalElectrons()} unpaired electron(s) on {atom.GetSymbol()} (atom {atom.GetIdx()})"
-            )
-    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    if len(fragments) > 1:
-        smiles = ".".join(Chem.MolToSmiles(Chem.RemoveHs(f, sanitize=False)) for f in fragments)
-        raise MoleculeError(label, f"{len(fragments)} disconnected fragments ({smiles}); pass one molecule, e.g. the largest fragment")
-
-
-def prepare_mol(mol: Chem.Mol, name: str | None = None) -> Chem.Mol:
-    """A sanitised, validated copy with explicit hydrogens (placed in 3D when the molecule has a conformer) and perceived stereo."""
-    label = _label(mol, name)
-    _check_elements(mol, label)
-    mol = Chem.Mol(mol)
-    try:
-        Chem.SanitizeMol(mol)
-    except Chem.rdchem.MolSanitizeException as exc:
-        raise MoleculeError(label, f"sanitisation failed: {exc}") from None
-    _check_sanitised(mol, label)
-    if any(atom.GetTotalNumHs() for atom in mol.GetAtoms()):
-        mol = Chem.AddHs(mol, addCoords=mol.GetNumConformers() > 0)
-    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
-    return mol
 
 
 def _one_hot(value, choices, other: bool = False) -> list[float]:
@@ -222,8 +139,8 @@ def _edge_features(mol: Chem.Mol, src: int, dst: int, hops: int, cis_trans: dict
 
 def featurize(mol: Chem.Mol, coords: ArrayLike | Tensor | None = None, name: str | None = None) -> Data:
     """Graph of a molecule with explicit hydrogens: x (N, NODE_DIM), chirality (N,), z, bond/2-hop/3-hop edges, pos if given."""
-    label = _label(mol, name)
-    mol = prepare_mol(mol, name=label)
+    mol = prepare_mol(mol, name=name)
+    label = mol.GetProp("_Name")
     n = mol.GetNumAtoms()
     sign, relative, slot = _tetrahedral_stereo(mol)
     cis_trans = _double_bond_pairs(mol)

@@ -1,0 +1,193 @@
+"""The shared training loop: exact resume, DDP equivalence, failure modes, logs and safe checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from scidiff.core import EDM, diffusion_loss
+from scidiff.core.checkpoint import load_inference, load_training_state, save_inference
+from scidiff.core.ema import ema_decay
+from scidiff.core.trainer import TrainConfig, shuffled_batches, train
+from scidiff.toy import MLPDenoiser, ring_mixture
+
+HERE = Path(__file__).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _toy_setup():
+    data = ring_mixture().sample(512, torch.Generator().manual_seed(0)).float()
+    process = EDM()
+
+    def loss_fn(net, batch, generator):
+        return diffusion_loss(net, batch, process, "edm", generator=generator)
+
+    return data, loss_fn
+
+
+def _config(tmp_path, name, **overrides):
+    values = dict(out_dir=str(tmp_path / name), max_steps=30, batch_size=64, lr=1e-3, warmup_steps=5,
+                  checkpoint_every=10, log_every=5, progress=False, tensorboard=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path):
+    data, loss_fn = _toy_setup()
+    torch.manual_seed(0)
+    full = train(MLPDenoiser(hidden=32, depth=2), data, loss_fn, _config(tmp_path, "full"))
+
+    calls = {"n": 0}
+
+    def crashing_loss(net, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise RuntimeError("simulated crash")
+        return loss_fn(net, batch, generator)
+
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(MLPDenoiser(hidden=32, depth=2), data, crashing_loss, _config(tmp_path, "crash"))
+    assert load_training_state(tmp_path / "crash" / "checkpoints" / "last.pt")["step"] == 20
+    torch.manual_seed(123)  # a resumed run must not depend on the caller's RNG
+    resumed = train(MLPDenoiser(hidden=32, depth=2), data, loss_fn, _config(tmp_path, "crash"))
+    assert resumed.step == full.step == 30
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_killed_cli_run_resumes_bit_exactly(tmp_path):
+    """SIGKILL a `scidiff train` run after its first checkpoint; rerunning the command finishes it bit-exactly."""
+    args = ["experiment=mixture2d", "trainer.max_steps=400", "trainer.checkpoint_every=50", "trainer.batch_size=64",
+            "model.hidden=32", "model.depth=2", "data.num_samples=2000", "trainer.progress=false",
+            "trainer.tensorboard=false", "trainer.warmup_steps=10"]
+    cmd = [sys.executable, "-m", "scidiff.cli", "train", *args]
+    subprocess.run(cmd + [f"trainer.out_dir={tmp_path / 'full'}"], check=True, env=ENV, capture_output=True)
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [f"trainer.out_dir={killed_dir}"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = killed_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = load_training_state(ckpt)["step"]
+    assert 0 < step_at_kill < 400, "the run must be killed part-way"
+    subprocess.run(cmd + [f"trainer.out_dir={killed_dir}"], check=True, env=ENV, capture_output=True)
+    full = load_training_state(tmp_path / "full" / "checkpoints" / "last.pt")
+    resumed = load_training_state(ckpt)
+    assert resumed["step"] == full["step"] == 400
+    for key in full["model"]:
+        assert torch.equal(full["model"][key], resumed["model"][key]), key
+    config = (killed_dir / "config.yaml").read_text()
+    assert "max_steps: 400" in config  # the resolved config is saved with the run
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """2-process gloo DDP (each rank half of every global batch) matches one process on the whole batch."""
+    script = str(HERE / "ddp_train_script.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "single")], check=True, env=ENV, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", script,
+         str(tmp_path / "ddp")], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = load_training_state(tmp_path / "single" / "checkpoints" / "last.pt")
+    ddp = load_training_state(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert len(ddp["rng"]) == 2 and ddp["step"] == single["step"] == 20
+    for key in single["model"]:
+        assert torch.allclose(single["model"][key], ddp["model"][key], atol=1e-6), key
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    data, _ = _toy_setup()
+    data[7, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+; the last good checkpoint"):
+        train(MLPDenoiser(hidden=16, depth=1), data,
+              lambda net, batch, g: ((net(batch, torch.zeros(len(batch))) - batch) ** 2).mean(),
+              _config(tmp_path, "nan", max_steps=50))
+
+
+def test_logs_and_inference_file(tmp_path):
+    data, loss_fn = _toy_setup()
+    result = train(MLPDenoiser(hidden=32, depth=2), data, loss_fn, _config(tmp_path, "logs", tensorboard=True),
+                   run_config={"model": {"hidden": 32, "depth": 2}})
+    lines = [json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 10, 15, 20, 25, 30]
+    assert all(r["loss"] > 0 and "lr" in r and "grad_norm" in r for r in lines)
+    assert any((result.out_dir / "tensorboard").iterdir())
+    state, config = load_inference(result.out_dir / "model.safetensors")
+    assert config["model"] == {"hidden": 32, "depth": 2} and config["trainer"]["max_steps"] == 30
+    for key, value in result.ema_model.state_dict().items():
+        assert torch.equal(state[key], value)
+
+
+def test_checkpoints_never_unpickle(tmp_path):
+    """A training-state file carrying arbitrary Python objects is refused, not executed."""
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"step": 1, "payload": Payload()}, path)
+    with pytest.raises(Exception):
+        load_training_state(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_inference_file_requires_config(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="not a scidiff inference file"):
+        load_inference(tmp_path / "bare.safetensors")
+    save_inference(tmp_path / "ok.safetensors", {"w": torch.ones(2)}, {"a": 1})
+    assert load_inference(tmp_path / "ok.safetensors")[1] == {"a": 1}
+
+
+def test_ema_warmup_decay():
+    assert ema_decay(0) == 0.0
+    assert ema_decay(9) == pytest.approx(1 - 10**-0.75)
+    assert ema_decay(10**9) == 0.9999
+
+
+def test_batches_are_a_pure_function_of_seed_and_epoch():
+    assert shuffled_batches(100, 32, seed=1, epoch=3) == shuffled_batches(100, 32, seed=1, epoch=3)
+    assert shuffled_batches(100, 32, seed=1, epoch=3) != shuffled_batches(100, 32, seed=1, epoch=4)
+    assert [len(b) for b in shuffled_batches(100, 32, 0, 0)] == [32, 32, 32]
+    with pytest.raises(ValueError, match="fewer than trainer.batch_size"):
+        shuffled_batches(10, 32, 0, 0)
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"max_steps": 0}, "trainer.max_steps"), ({"lrr": 1e-3}, "lrr"), ({"precision": "fp8"}, "trainer.precision"),
+    ({"batch_size": -1}, "trainer.batch_size"),
+])
+def test_bad_trainer_config_names_the_field(values, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        TrainConfig.from_mapping(values)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sampler.name=ddin", "sampler.name: unknown sampler 'ddin'"),
+    ("sampler.steps=0", "sampler.steps must be an integer >= 1"),
+    ("process=flow process.prediction=epsilon", "process.prediction: 'epsilon' cannot recover x0"),
+    ("trainer.max_steps=0", "trainer.max_steps must be an integer >= 1"),
+])
+def test_cli_reports_bad_config(override, message, tmp_path, capsys):
+    from scidiff.cli import main
+
+    code = main(["train", *override.split(), f"trainer.out_dir={tmp_path}", "trainer.progress=false"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
