@@ -47,6 +47,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _envs(args: argparse.Namespace) -> int:
+    from envs.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scidiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. process=flow trainer.max_steps=1000")
     p.add_argument("--samples", type=int, default=10000, help="samples per sampler row")
     p.set_defaults(func=_demo)
+    from envs.cli import add_commands as add_envs_commands
+
+    p = sub.add_parser("envs", help="Gymnasium simulators: record scripted-expert demonstrations")
+    add_envs_commands(p.add_subparsers(dest="envs_command", required=True))
+    p.set_defaults(func=_envs)
     return parser
 
 
