@@ -11,6 +11,7 @@ from pathlib import Path
 # task name -> "module:function" that trains from a resolved config dict; imported only when used.
 TRAINERS = {
     "toy": "scidiff.toy:train_from_config",
+    "policy": "scidiff.policy.train:train_from_config",
 }
 
 
@@ -43,12 +44,18 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.overrides, num_samples=args.samples)
+    run_demo(args.overrides, num_samples=args.samples, retrain=args.train)
     return 0
 
 
 def _envs(args: argparse.Namespace) -> int:
     from envs.cli import run
+
+    return run(args)
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from .policy.cli import run
 
     return run(args)
 
@@ -61,15 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "process=flow trainer.max_steps=500`. Rerunning the same command resumes.")
     p.add_argument("overrides", nargs="*", help="Hydra overrides (group=option, key.sub=value)")
     p.set_defaults(func=_train)
-    p = sub.add_parser("demo", help="fit a 2-D mixture with the core and score every sampler")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. process=flow trainer.max_steps=1000")
-    p.add_argument("--samples", type=int, default=10000, help="samples per sampler row")
+    p = sub.add_parser("demo", help="sample a 2-D mixture with every sampler of the core and score the samples")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for --train, e.g. process=flow trainer.max_steps=1000")
+    p.add_argument("--train", action="store_true", help="retrain the model with the shared loop instead of the bundled one")
+    p.add_argument("--samples", type=int, default=5000, help="samples per sampler row")
     p.set_defaults(func=_demo)
     from envs.cli import add_commands as add_envs_commands
 
     p = sub.add_parser("envs", help="Gymnasium simulators: record scripted-expert demonstrations")
     add_envs_commands(p.add_subparsers(dest="envs_command", required=True))
     p.set_defaults(func=_envs)
+    from .policy.cli import add_commands as add_policy_commands
+
+    p = sub.add_parser("policy", help="diffusion policies: roll out a checkpoint in a simulator")
+    add_policy_commands(p.add_subparsers(dest="policy_command", required=True))
+    p.set_defaults(func=_policy)
     return parser
 
 

@@ -195,6 +195,10 @@ class PolicyWindowDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {k: v[0] for k, v in self.get_batch([index]).items()}
 
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """Whole batch in one gather (DataLoader calls this instead of per-item __getitem__); collate with identity."""
+        return self.get_batch(indices)
+
     def episode_rows(self) -> np.ndarray:
         """Buffer rows of this dataset's episodes (no padding), e.g. to fit normalisers on its own data."""
         starts = np.concatenate([[0], self.episode_ends[:-1]])

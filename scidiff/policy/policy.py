@@ -23,15 +23,19 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from scidiff.core import check_sampler, diffusion_loss, sample, x0_denoiser
+from scidiff.core.checkpoint import CONFIG_KEY as RUN_CONFIG_KEY
 from scidiff.core.config import build_diffusion
 
 from .normalizer import MinMaxNormalizer
 from .unet1d import ConditionalUnet1D
 
-__all__ = ["OBJECTIVES", "CHI_PROCESS", "DiffusionPolicy", "save_policy", "load_policy"]
+__all__ = ["OBJECTIVES", "CHI_PROCESS", "POLICY_CONFIG_KEY", "DiffusionPolicy", "save_policy", "load_policy",
+           "read_metadata", "policy_config_from_metadata"]
 
 OBJECTIVES = ("diffusion", "regression")
 _FORMAT = "scidiff.policy/1"
+# Key of the policy's construction arguments inside a training run's config (the trainer's model.safetensors).
+POLICY_CONFIG_KEY = "policy_config"
 # Chi et al. (2023): 100 training steps, squaredcos_cap_v2 (cosine) schedule, epsilon prediction. Same schema as
 # the ``process`` config section (conf/process/*.yaml), built by the core's build_diffusion.
 CHI_PROCESS: dict[str, Any] = {
@@ -134,6 +138,10 @@ class DiffusionPolicy(nn.Module):
         return diffusion_loss(self._network(cond), action, d.process, d.prediction, d.weighting, generator=generator,
                               min_snr_gamma=d.min_snr_gamma)
 
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The training loss (so that DistributedDataParallel, which hooks forward, wraps the policy)."""
+        return self.compute_loss(batch, generator)
+
     @torch.no_grad()
     def predict_action(
         self, obs_history: Tensor, sampler: str = "ddim", steps: int = 10, generator: torch.Generator | None = None,
@@ -159,12 +167,14 @@ class DiffusionPolicy(nn.Module):
         return {"action_pred": action_pred, "action": action_pred[:, start : start + self.n_action_steps]}
 
 
-def save_policy(policy: DiffusionPolicy, path: str | os.PathLike) -> Path:
-    """Write weights, normalisers and config to one safetensors file, atomically (temp file + os.replace)."""
+def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
+    """Write weights, normalisers and config (plus optional JSON provenance) to one safetensors file, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
     metadata = {"format": _FORMAT, "config": json.dumps(policy.config())}
+    if provenance is not None:
+        metadata["provenance"] = json.dumps(provenance)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -176,13 +186,31 @@ def save_policy(policy: DiffusionPolicy, path: str | os.PathLike) -> Path:
     return path
 
 
+def policy_config_from_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
+    """DiffusionPolicy arguments from safetensors metadata: save_policy's 'config' or a training run's model.safetensors."""
+    if "config" in metadata:
+        return json.loads(metadata["config"])
+    if RUN_CONFIG_KEY in metadata:  # written by the core trainer; the policy task stores its arguments there
+        run_config = json.loads(metadata[RUN_CONFIG_KEY])
+        if POLICY_CONFIG_KEY in run_config:
+            return run_config[POLICY_CONFIG_KEY]
+        raise ValueError(f"{path}: a scidiff training output, but not of a policy run (no '{POLICY_CONFIG_KEY}')")
+    raise ValueError(f"{path}: no 'config' in the safetensors metadata; not written by save_policy or a policy run")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file; a missing file raises FileNotFoundError naming the path."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no policy checkpoint at {path}")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.metadata() or {}
+
+
 def load_policy(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffusionPolicy:
-    """Rebuild a policy from a save_policy file: architecture from its metadata, then weights (strict)."""
+    """Rebuild a policy from a save_policy file or a policy run's model.safetensors (EMA weights), strictly."""
+    config = policy_config_from_metadata(read_metadata(path), path)
     with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        if "config" not in metadata:
-            raise ValueError(f"{path}: no 'config' in the safetensors metadata; not written by save_policy")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    policy = DiffusionPolicy(**json.loads(metadata["config"])).to(device)
+    policy = DiffusionPolicy(**config).to(device)
     policy.load_state_dict(tensors, strict=True)
     return policy.eval()

@@ -1,0 +1,126 @@
+"""``scidiff policy`` commands: ``rollout`` scores a checkpoint in a simulator, ``export`` writes a slim policy file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["BUNDLED_WEIGHTS", "add_commands", "run", "main"]
+
+# Trained by `scidiff train experiment=pusht_keypoints` on the PushT human demonstrations (see README of the run).
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pusht_keypoints.safetensors"
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the policy subcommands (`rollout`, `export`) to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "rollout",
+        help="roll out a policy checkpoint in vectorised envs and print its score",
+        description="Receding-horizon rollouts (predict Tp actions, execute Ta; Chi et al. 2023). Episode i starts "
+        "from seed SEED+i; PushT's score is the mean over episodes of the max reward (average max coverage).",
+    )
+    p.add_argument("--checkpoint", type=Path, default=BUNDLED_WEIGHTS,
+                   help="policy .safetensors (save_policy file or a run's model.safetensors); default: bundled PushT")
+    p.add_argument("--env", default=None,
+                   help="Gymnasium id (default: scidiff/PushT-keypoints-v0 for 20-d policies); gym_pusht/PushT-v0 "
+                        "works through a keypoints adapter when gym-pusht is installed")
+    p.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
+    p.add_argument("--seed", type=int, default=100000, help="seed of episode 0 (default 100000, Chi et al.'s test seeds)")
+    p.add_argument("--sampler", default="ddim", help="core sampler: ddim, ddpm, dpmpp_2m, euler, heun (default ddim)")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    p.add_argument("--num-envs", type=int, default=10, help="envs stepped together (one batched prediction each)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the env's, 300 for PushT)")
+    p.add_argument("--chi-initial-states", action="store_true",
+                   help="gym-pusht only: start episode i from Chi et al.'s legacy initial state of seed SEED+i "
+                        "(gym-pusht draws other initial states from the same seed)")
+    p.add_argument("--video", type=Path, default=None, help="write the first episodes tiled to this .mp4 or .gif")
+    p.add_argument("--video-episodes", type=int, default=4, help="episodes shown in the video (default 4)")
+    p.add_argument("--json", type=Path, default=None, help="write the JSON summary (with per-episode scores) here")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(policy_run=_run_rollout)
+
+    p = subparsers.add_parser("export", help="write a run's EMA policy as a slim save_policy file")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a policy run's model.safetensors")
+    p.add_argument("--out", type=Path, required=True, help="output .safetensors")
+    p.add_argument("--note", default="", help="provenance note stored in the file, e.g. the training command")
+    p.set_defaults(policy_run=_run_export)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the policy subcommand chosen in `args`; returns the exit status."""
+    return args.policy_run(args)
+
+
+def default_env(obs_dim: int) -> str:
+    """The env matching a policy's observation size: 20 -> PushT keypoints, 5 -> PushT state, 10 -> Particle."""
+    envs_by_dim = {20: "scidiff/PushT-keypoints-v0", 5: "scidiff/PushT-v0", 10: "scidiff/Particle-v0"}
+    if obs_dim not in envs_by_dim:
+        raise ValueError(f"no default env for a policy with {obs_dim}-d observations; pass --env")
+    return envs_by_dim[obs_dim]
+
+
+def _run_rollout(args: argparse.Namespace) -> int:
+    """Roll out, print the summary line and optionally write the JSON and the video."""
+    import torch
+
+    from .policy import load_policy
+    from .rollout import rollout, summarize
+
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"no policy checkpoint at {args.checkpoint}")
+    policy = load_policy(args.checkpoint, device=args.device)
+    env_id = args.env or default_env(policy.obs_dim)
+    reset_options = None
+    if args.chi_initial_states:
+        if not env_id.startswith("gym_pusht/"):
+            raise ValueError("--chi-initial-states is for gym_pusht envs (scidiff's PushT already uses them)")
+        from envs.pusht import legacy_reset_state
+
+        reset_options = lambda seed: {"reset_to_state": legacy_reset_state(seed)}  # noqa: E731
+    results, latencies, frames = rollout(
+        policy, env_id, episodes=args.episodes, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        num_envs=args.num_envs, max_steps=args.max_steps, video_episodes=args.video_episodes if args.video else 0,
+        reset_options=reset_options, progress=not args.no_progress,
+    )
+    summary = summarize(results, latencies, checkpoint=str(args.checkpoint), env=env_id,
+                        sampler=args.sampler if policy.objective == "diffusion" else "regression",
+                        steps=args.steps if policy.objective == "diffusion" else 1, seed=args.seed,
+                        num_envs=min(args.num_envs, args.episodes), chi_initial_states=args.chi_initial_states)
+    if args.video:
+        from envs.video import tile_episodes, write_video
+
+        fps = 10 if "PushT" in env_id else 20
+        summary["video"] = str(write_video(tile_episodes(frames), args.video, fps=fps))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Load a run's EMA weights and write them with save_policy (config and provenance in the metadata)."""
+    from .policy import load_policy, read_metadata, save_policy
+
+    policy = load_policy(args.checkpoint)
+    provenance = {"source": str(args.checkpoint), "note": args.note}
+    run_config = json.loads(read_metadata(args.checkpoint).get("scidiff_config", "{}"))
+    for key in ("trainer", "data", "sampler"):
+        if key in run_config:
+            provenance[key] = run_config[key]
+    print(f"wrote {save_policy(policy, args.out, provenance=provenance)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m scidiff.policy.cli rollout ...``."""
+    parser = argparse.ArgumentParser(prog="python -m scidiff.policy.cli", description=__doc__)
+    add_commands(parser.add_subparsers(required=True, metavar="command"))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Closed-loop evaluation of a policy in vectorised Gymnasium envs with receding-horizon control (Chi et al. 2023).
+
+Every ``n_action_steps`` env steps the policy sees the last To observations of each env, predicts Tp actions and
+the env executes Ta of them. Episode i starts from ``reset(seed=seed + i)`` (Chi et al.'s PushT test seeds are
+100000..100049). An episode's score is its maximum reward (PushT: clip(coverage / 0.95, 0, 1), so the mean over
+episodes is Chi et al.'s "average max coverage"); success means ``info["is_success"]`` at some step.
+
+Gymnasium 1.x vector envs reset a finished sub-env on the step *after* termination, returning a fresh episode's
+observation; we read rewards and infos at the terminating step and stop counting that env from then on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+__all__ = [
+    "EpisodeResult",
+    "gym_pusht_keypoint_obs",
+    "PushTKeypointsAdapter",
+    "make_env",
+    "rollout",
+    "summarize",
+]
+
+GYM_PUSHT_PREFIX = "gym_pusht/"
+
+
+@dataclass
+class EpisodeResult:
+    """One evaluation episode: its seed, score (max reward), success, length and max coverage (PushT only)."""
+
+    seed: int
+    max_reward: float
+    success: bool
+    steps: int
+    max_coverage: float | None = None
+
+
+def gym_pusht_keypoint_obs(state: np.ndarray) -> np.ndarray:
+    """Chi et al.'s 20-d keypoint observation (9 block keypoints ‖ agent xy) from a 5-d PushT state [agent, block pose]."""
+    from envs.pusht import block_keypoints
+
+    state = np.asarray(state, dtype=np.float64)
+    if state.shape[-1] != 5:
+        raise ValueError(f"a PushT state has 5 entries [agent_x, agent_y, block_x, block_y, block_angle], got {state.shape}")
+    # The keypoints are a rigid transform of the block pose, so the angle's mod-2π wrap in the state is harmless.
+    return np.concatenate([block_keypoints(state[2:5]).ravel(), state[:2]])
+
+
+class PushTKeypointsAdapter(gym.ObservationWrapper):
+    """Turns a state-observation PushT env (e.g. gym-pusht's obs_type='state') into the 20-d keypoints observation."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        shape = getattr(env.observation_space, "shape", None)
+        if shape != (5,):
+            raise ValueError(f"the keypoints adapter needs a 5-d state observation space, got {env.observation_space}")
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(20,), dtype=np.float64)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return gym_pusht_keypoint_obs(observation)
+
+
+def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = None) -> gym.Env:
+    """One env by Gymnasium id; gym-pusht ids get obs_type='state' and, for a 20-d policy, the keypoints adapter."""
+    import envs  # noqa: F401  (registers the scidiff ids)
+
+    if env_id.startswith(GYM_PUSHT_PREFIX):
+        try:
+            import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+        except ImportError as err:
+            raise ValueError(f"env {env_id!r} needs the gym-pusht package (pip install gym-pusht; pymunk < 7)") from err
+        env = gym.make(env_id, obs_type="state", render_mode=render_mode)
+        return PushTKeypointsAdapter(env) if obs_dim == 20 else env
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env {env_id!r}; registered scidiff ids: {[k for k in gym.registry if 'scidiff' in k]}")
+    return gym.make(env_id, render_mode=render_mode)
+
+
+def _check_spaces(env: gym.vector.VectorEnv, obs_dim: int, action_dim: int, env_id: str) -> None:
+    """Raise a clear error when the env's observation or action size differs from the policy's."""
+    obs_shape = env.single_observation_space.shape
+    act_shape = env.single_action_space.shape
+    if obs_shape != (obs_dim,):
+        raise ValueError(f"env {env_id!r} gives observations of shape {obs_shape}, the policy expects ({obs_dim},)")
+    if act_shape != (action_dim,):
+        raise ValueError(f"env {env_id!r} takes actions of shape {act_shape}, the policy predicts ({action_dim},)")
+
+
+def _info_at(info: dict[str, Any], key: str, j: int) -> Any:
+    """Entry j of a vector env's info key, or None where that sub-env did not report it."""
+    if key not in info or not info.get(f"_{key}", np.ones(j + 1, bool))[j]:
+        return None
+    return info[key][j]
+
+
+def rollout(
+    policy: Any,
+    env_id: str,
+    episodes: int = 50,
+    seed: int = 100000,
+    sampler: str = "ddim",
+    steps: int = 10,
+    num_envs: int = 10,
+    max_steps: int | None = None,
+    video_episodes: int = 0,
+    reset_options: Callable[[int], dict[str, Any] | None] | None = None,
+    progress: bool = True,
+    generator_seed: int = 0,
+) -> tuple[list[EpisodeResult], list[float], list[list[np.ndarray]]]:
+    """Run `episodes` receding-horizon episodes (To obs -> Tp actions, execute Ta; Chi et al. 2023).
+
+    Returns per-episode results, per-chunk latencies in seconds (one batched predict_action call each), and
+    the RGB frames of the first `video_episodes` episodes.
+    """
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    num_envs = min(num_envs, episodes)
+    render = "rgb_array" if video_episodes > 0 else None
+    obs_dim, action_dim = policy.obs_dim, policy.action_dim
+    vec = gym.vector.SyncVectorEnv([lambda: make_env(env_id, render, obs_dim) for _ in range(num_envs)])
+    try:
+        _check_spaces(vec, obs_dim, action_dim, env_id)
+        limit = max_steps or vec.envs[0].spec.max_episode_steps or 300
+        device = next(policy.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(generator_seed)
+        results: list[EpisodeResult] = []
+        latencies: list[float] = []
+        frames: list[list[np.ndarray]] = []
+        from tqdm.auto import tqdm
+
+        with tqdm(total=episodes, desc=f"rollout {env_id}", unit="episode", disable=not progress) as bar:
+            for first in range(0, episodes, num_envs):
+                ids = list(range(first, min(first + num_envs, episodes)))
+                wave = _run_wave(policy, vec, [seed + i for i in ids], limit, sampler, steps, generator,
+                                 record=[i < video_episodes for i in ids], reset_options=reset_options,
+                                 latencies=latencies, bar=bar)
+                results += wave[0]
+                frames += [f for f, i in zip(wave[1], ids) if i < video_episodes]
+    finally:
+        vec.close()
+    return results, latencies, frames
+
+
+def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: str, steps: int, generator, record: list[bool],
+              reset_options, latencies: list[float], bar) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
+    """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
+    n = vec.num_envs
+    active = np.arange(n) < len(seeds)
+    all_seeds = [int(s) for s in seeds] + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
+    # The vector reset also clears pending autoresets left by the previous wave's finished episodes.
+    obs, _ = vec.reset(seed=all_seeds)
+    if reset_options is not None:
+        # Vector envs take one options dict for all sub-envs, so per-seed options need per-env resets.
+        obs = np.stack([env.reset(seed=s, options=reset_options(s))[0] for env, s in zip(vec.envs, all_seeds)])
+    # Chi et al.'s MultiStepWrapper pads the observation history with the first observation.
+    history = np.repeat(np.asarray(obs, dtype=np.float32)[:, None], policy.n_obs_steps, axis=1)
+    max_reward = np.zeros(n)
+    max_cover = np.full(n, np.nan)
+    success = np.zeros(n, dtype=bool)
+    length = np.zeros(n, dtype=int)
+    running = active.copy()
+    frames = [[f] for f in vec.call("render")] if any(record) else [[] for _ in range(n)]
+    device = next(policy.parameters()).device
+    while running.any() and length.max() < limit:
+        start = time.perf_counter()
+        chunk = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
+                                      generator=generator)["action"].cpu().numpy().astype(np.float64)
+        latencies.append(time.perf_counter() - start)
+        for k in range(chunk.shape[1]):
+            obs, reward, terminated, truncated, info = vec.step(chunk[:, k])
+            for j in np.flatnonzero(running):
+                length[j] += 1
+                max_reward[j] = max(max_reward[j], float(reward[j]))
+                cover = _info_at(info, "coverage", j)
+                if cover is not None:
+                    max_cover[j] = np.nanmax([max_cover[j], float(cover)])
+                success[j] |= bool(_info_at(info, "is_success", j) or False)
+                if record[j] if j < len(record) else False:
+                    frames[j].append(vec.envs[j].render())
+                if terminated[j] or truncated[j] or length[j] >= limit:
+                    running[j] = False
+                    bar.update()
+            history = np.concatenate([history[:, 1:], np.asarray(obs, dtype=np.float32)[:, None]], axis=1)
+            if not running.any():
+                break
+    results = [
+        EpisodeResult(all_seeds[j], float(max_reward[j]), bool(success[j]), int(length[j]),
+                      None if np.isnan(max_cover[j]) else float(max_cover[j]))
+        for j in range(len(seeds))
+    ]
+    return results, frames[: len(seeds)]
+
+
+def summarize(results: Sequence[EpisodeResult], latencies: Sequence[float], **fields: Any) -> dict[str, Any]:
+    """JSON summary: episodes, avg_max_coverage (PushT; Chi et al.'s metric), avg_max_reward, success_rate, latency."""
+    rewards = np.array([r.max_reward for r in results])
+    summary: dict[str, Any] = {
+        **fields,
+        "episodes": len(results),
+        "avg_max_reward": float(rewards.mean()),
+        "success_rate": float(np.mean([r.success for r in results])),
+        "mean_chunk_latency_ms": 1000.0 * float(np.mean(latencies)) if latencies else None,
+        "chunks": len(latencies),
+    }
+    if all(r.max_coverage is not None for r in results):
+        # PushT's reward is clip(coverage / 0.95, 0, 1); its per-episode max, averaged, is the paper's score.
+        summary["avg_max_coverage"] = summary["avg_max_reward"]
+        summary["avg_max_raw_coverage"] = float(np.mean([r.max_coverage for r in results]))
+    summary["per_episode"] = [asdict(r) for r in results]
+    return summary
