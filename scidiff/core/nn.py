@@ -13,8 +13,9 @@ __all__ = ["sinusoidal_embedding", "NoiseLevelEmbedding"]
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer sinusoidal features of a scalar per row (Vaswani et al. 2017; Ho et al. 2020), shape (rows, dim)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.to(torch.float32)[:, None] * freqs[None]
+    dtype = t.dtype if t.is_floating_point() else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = t.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([args.sin(), args.cos()], dim=-1)
     return torch.nn.functional.pad(emb, (0, dim % 2))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -67,6 +68,8 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
     reference = Chem.MolToSmiles(Chem.RemoveHs(mol))
     params = AllChem.ETKDGv3()
     params.randomSeed = seed
+    # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
+    params.enableSequentialRandomSeeds = True
     with rdBase.BlockLogs():
         ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=num_conformers, params=params))
     if not ids:
@@ -113,8 +116,11 @@ def build_conformers(smiles: Sequence[str | tuple[str, str]], num_conformers: in
     if processes == 1:
         results = [_embed_job(job) for job in jobs]
     else:
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            results = pool.map(_embed_job, jobs, chunksize=max(1, len(jobs) // (4 * processes)))
+        # spawn: workers import only RDKit-side modules (fast) and never inherit torch's thread pools;
+        # an executor, unlike Pool, fails loudly instead of respawning workers that die on start-up.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            results = list(pool.map(_embed_job, jobs, chunksize=max(1, len(jobs) // (4 * processes))))
     built = Built()
     for name, mol, energies, reason in results:
         if mol is None:

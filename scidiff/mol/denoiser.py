@@ -6,16 +6,20 @@ Diffusion; Corso et al. 2023, DiffDock):
   its neighbours at any noise level) plus "spatial" edges between all other atom pairs of the same molecule
   closer than ``cutoff`` on the current noisy coordinates (``cutoff=None``: the full graph of each molecule).
   Pairs are enumerated per molecule in plain torch, so torch-cluster is not needed; spatial edges fade out
-  with a smooth cosine envelope, and messages are averaged with envelope weights, so the output is continuous
-  in the coordinates when a pair crosses the cutoff;
+  with a smooth cosine envelope that also enters the message normaliser, so the output is continuous in the
+  coordinates when a pair crosses the cutoff;
 - edge weights of each tensor product: an MLP on Gaussian-smeared distance, edge features, the noise-level
   embedding and the scalar features of both endpoints;
-- hidden features carry both parities (0e, 0o, 1o, 1e, 2e, 2o) with gated nonlinearities (Weiler et al. 2018);
-- chirality enters as a pseudoscalar (0o): the signed tag multiplies invariant node features. The network is
-  then exactly equivariant under rotations, translations and permutations, and under reflections *only when
-  the chirality tags are mirrored too*: f(-x, -tau) = -f(x, tau). With the tags held fixed a reflected molecule
-  is a different molecule, f(-x, tau) != -f(x, tau), which is what lets it build the right enantiomer;
-  an exactly O(3)-equivariant network with parity-even inputs (EGNN, EDM) cannot.
+- hidden features carry both parities (0e, 0o, 1o, 1e, 2e, 2o) with gated nonlinearities (Weiler et al. 2018)
+  and an equivariant RMS norm after every layer;
+- chirality enters twice: as a pseudoscalar (0o), the signed tag multiplying invariant node features; and as
+  the invariant product of the tag with the normalised signed volume of the centre's rank-ordered neighbours
+  on the current coordinates (the (r_ij x r_ik) . r_il triple product), which tells the network directly
+  whether the noisy geometry has the tagged handedness. The network is then exactly equivariant under
+  rotations, translations and permutations, and under reflections *only when the chirality tags are mirrored
+  too*: f(-x, -tau) = -f(x, tau). With the tags held fixed a reflected molecule is a different molecule,
+  f(-x, tau) != -f(x, tau), which is what lets it build the right enantiomer; an exactly O(3)-equivariant
+  network with parity-even inputs (EGNN, EDM) cannot;
 - the output is a per-atom 1o vector with its per-molecule mean removed.
 """
 
@@ -31,10 +35,12 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
+from scidiff.core.nn import sinusoidal_embedding
+
 from .featurize import EDGE_DIM, NODE_DIM, remove_mean
 
-__all__ = ["DenoiserConfig", "ConformerDenoiser", "TensorProductConv", "sinusoidal_embedding", "molecule_edges",
-           "all_pairs"]
+__all__ = ["DenoiserConfig", "ConformerDenoiser", "TensorProductConv", "EquivariantRMSNorm",
+           "molecule_edges", "all_pairs", "chirality_agreement"]
 
 
 @dataclass(frozen=True)
@@ -70,14 +76,6 @@ class DenoiserConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of per-row times (Vaswani et al. 2017; Ho et al. 2020), shape (rows, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
-    angles = t[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
 def gaussian_smearing(d: Tensor, num: int, stop: float) -> Tensor:
@@ -126,6 +124,19 @@ def molecule_edges(pos: Tensor, batch: Tensor, edge_index: Tensor, edge_attr: Te
     index = torch.cat([edge_index, torch.stack([src, dst])], dim=1)
     weights = torch.cat([torch.ones(n_topo, dtype=pos.dtype, device=pos.device), weight])
     return index, attr, weights
+
+
+def chirality_agreement(pos: Tensor, chirality: Tensor, stereo_index: Tensor) -> Tensor:
+    """Per atom: tag x normalised signed volume (b - a) . ((c - a) x (d - a)) of its rank-ordered neighbours; 0 off centres.
+
+    A product of two pseudoscalars, so it is invariant under rotations and under reflecting geometry and tags
+    together, and flips sign when only the geometry is mirrored: +1-ish for the tagged enantiomer, -1 for its image.
+    """
+    centre, a, b, c, d = stereo_index
+    u, v, w = pos[b] - pos[a], pos[c] - pos[a], pos[d] - pos[a]
+    volume = (u * torch.linalg.cross(v, w)).sum(-1)
+    scale = (u.norm(dim=-1) * v.norm(dim=-1) * w.norm(dim=-1)).clamp_min(1e-12)
+    return torch.zeros(pos.shape[0], dtype=pos.dtype, device=pos.device).index_add(0, centre, chirality[centre] * volume / scale)
 
 
 def _mlp(dims: list[int]) -> nn.Module:
@@ -198,7 +209,7 @@ class ConformerDenoiser(nn.Module):
         self.irreps_sh = o3.Irreps.spherical_harmonics(config.sh_lmax)
         self.time_mlp = _mlp([config.time_dim, config.time_dim, config.time_dim])
         # Two invariant blocks per atom: the 0e channels, and the 0o channels once multiplied by the chirality sign.
-        self.node_mlp = _mlp([NODE_DIM + config.time_dim, 2 * s, 2 * s])
+        self.node_mlp = _mlp([NODE_DIM + 1 + config.time_dim, 2 * s, 2 * s])
         self.edge_mlp = _mlp([config.num_rbf + EDGE_DIM + 1 + config.time_dim, config.edge_dim, config.edge_dim])
         irreps = o3.Irreps(f"{s}x0e + {s}x0o")
         layers = []
@@ -211,14 +222,16 @@ class ConformerDenoiser(nn.Module):
         self.head = o3.Linear(irreps, "1x1o")
 
     def forward(self, x: Tensor, t: Tensor, graph: Data) -> Tensor:
-        """x (N, 3) noisy coordinates, t (N,) or scalar network time, graph with x, chirality, edge_index, edge_attr."""
+        """x (N, 3) noisy coordinates, t (N,) or scalar network time, graph from ``featurize`` (or a Batch of them)."""
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros(
             x.shape[0], dtype=torch.long, device=x.device)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         temb = self.time_mlp(sinusoidal_embedding(t, self.config.time_dim))
-        node = self.node_mlp(torch.cat([graph.x.to(x.dtype), temb], dim=-1))
+        chirality = graph.chirality.to(x.dtype)
+        agreement = chirality_agreement(x, chirality, graph.stereo_index)
+        node = self.node_mlp(torch.cat([graph.x.to(x.dtype), agreement[:, None], temb], dim=-1))
         even, odd = node.chunk(2, dim=-1)
-        h = torch.cat([even, graph.chirality.to(x.dtype)[:, None] * odd], dim=-1)
+        h = torch.cat([even, chirality[:, None] * odd], dim=-1)
 
         edge_index, edge_attr, edge_weight = molecule_edges(x, batch, graph.edge_index, graph.edge_attr, self.config.cutoff)
         src, dst = edge_index

@@ -5,7 +5,8 @@ Stereo is encoded so that it means the same thing whatever the atom order of the
   invariant network cannot see (``N[C@@H](C)C(=O)O`` and ``N[C@H](C(=O)O)C`` are the same L-alanine with
   opposite tags). The tag is therefore re-expressed relative to the neighbours sorted by their canonical
   (topological) rank, stored as a signed ``chirality`` (+1 CW, -1 CCW, 0 none), and every bond edge into a
-  centre carries the rank slot of its sender, so the network knows which neighbour is which. Centres whose
+  centre carries the rank slot of its sender, so the network knows which neighbour is which; ``stereo_index``
+  lists each centre with its rank-ordered neighbours for the model's signed-volume feature. Centres whose
   neighbours tie in rank (ring cis/trans, pseudo-asymmetric centres) are flagged as relative stereo, unsigned;
 - double bonds: every pair of substituents across an E/Z bond gets a cis or trans flag on its 3-hop edge.
 """
@@ -90,6 +91,18 @@ def _tetrahedral_stereo(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, dict[tup
     return sign, relative, slot
 
 
+def _stereo_index(sign: np.ndarray, slot: dict[tuple[int, int], int]) -> np.ndarray:
+    """(5, C) rows centre, a, b, c, d per signed centre: the rank-ordered neighbours, or (centre, n0, n1, n2) for three.
+
+    The model reads the handedness of the current geometry from the signed volume (b - a) . ((c - a) x (d - a)).
+    """
+    columns = []
+    for centre in np.nonzero(sign)[0].tolist():
+        ordered = sorted((k for c, k in slot if c == centre), key=lambda k: slot[(centre, k)])
+        columns.append([centre] + ([centre] if len(ordered) == 3 else []) + ordered)
+    return np.array(columns, dtype=np.int64).reshape(-1, 5).T
+
+
 def _double_bond_pairs(mol: Chem.Mol) -> dict[tuple[int, int], int]:
     """For each stereo double bond b=c: +1 (cis) or -1 (trans) for every substituent pair (a on b, d on c), both directions."""
     pairs: dict[tuple[int, int], int] = {}
@@ -138,7 +151,8 @@ def _edge_features(mol: Chem.Mol, src: int, dst: int, hops: int, cis_trans: dict
 
 
 def featurize(mol: Chem.Mol, coords: ArrayLike | Tensor | None = None, name: str | None = None) -> Data:
-    """Graph of a molecule with explicit hydrogens: x (N, NODE_DIM), chirality (N,), z, bond/2-hop/3-hop edges, pos if given."""
+    """Graph of a molecule with explicit hydrogens: x (N, NODE_DIM), chirality (N,), stereo_index (5, C), z,
+    bond/2-hop/3-hop edges with edge_attr (E, EDGE_DIM), and pos (N, 3) when coords are given."""
     mol = prepare_mol(mol, name=name)
     label = mol.GetProp("_Name")
     n = mol.GetNumAtoms()
@@ -154,6 +168,7 @@ def featurize(mol: Chem.Mol, coords: ArrayLike | Tensor | None = None, name: str
         z=torch.tensor([atom.GetAtomicNum() for atom in mol.GetAtoms()], dtype=torch.long),
         edge_index=torch.tensor(np.stack([src, dst]), dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(edge_attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
+        stereo_index=torch.from_numpy(_stereo_index(sign, slot)),
         num_nodes=n,
         name=label,
         smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)),
@@ -161,7 +176,9 @@ def featurize(mol: Chem.Mol, coords: ArrayLike | Tensor | None = None, name: str
     if coords is not None:
         pos = torch.as_tensor(coords, dtype=torch.get_default_dtype())
         if pos.shape != (n, 3):
-            raise MoleculeError(label, f"coords have shape {tuple(pos.shape)} but the molecule has {n} atoms with hydrogens (need ({n}, 3))")
+            raise MoleculeError(
+                label, f"coords have shape {tuple(pos.shape)} but the molecule has {n} atoms with hydrogens (need ({n}, 3))"
+            )
         data.pos = pos
     return data
 
