@@ -12,6 +12,9 @@ Seeds follow Chi et al., not gym-pusht 0.1.8: ``reset(seed=s)`` draws the state 
 ``np.random.RandomState(s)`` (agent ~ randint(50, 450)^2, block ~ randint(100, 400)^2,
 angle = randn() * 2 pi - pi), so seeds 100000.. give Chi et al.'s evaluation states; gym-pusht 0.1.8 draws from
 the environment's generator instead, so equal seeds give different states there.
+Seeded resets place the block as Chi et al.'s evaluation runner does (``legacy_test: True``: position, then
+angle, so the block turns about its centre of gravity away from the drawn position), so seeds 100000.. start
+exactly where Chi et al.'s test episodes start.
 ``reset(options={"reset_to_state": [agent_x, agent_y, block_x, block_y, block_angle]})`` sets the block's angle
 before its position (pymunk rotates about the centre of gravity, so the other order, which gym-pusht keeps,
 moves the block away from the requested position); this is the order that replays Chi et al.'s recorded
@@ -259,11 +262,15 @@ class PushTEnv(gym.Env):
         """Accumulate contact points, reported per substep in info['n_contacts'] like the recorded data."""
         self._n_contact_points += len(arbiter.contact_point_set.points)
 
-    def _set_state(self, state: np.ndarray) -> None:
-        """Place agent and block (block angle before position: rotation is about the CoG), then settle one substep."""
+    def _set_state(self, state: np.ndarray, angle_first: bool) -> None:
+        """Place agent and block, then settle one substep; pymunk rotates about the CoG, so the order matters."""
         self.agent.position = (float(state[0]), float(state[1]))
-        self.block.angle = float(state[4])
-        self.block.position = (float(state[2]), float(state[3]))
+        if angle_first:
+            self.block.angle = float(state[4])
+            self.block.position = (float(state[2]), float(state[3]))
+        else:
+            self.block.position = (float(state[2]), float(state[3]))
+            self.block.angle = float(state[4])
         self.space.step(DT)
 
     def _simulate(self, target: np.ndarray) -> None:
@@ -321,7 +328,8 @@ class PushTEnv(gym.Env):
         """Start an episode from options['reset_to_state'], else from Chi et al.'s legacy seeded distribution."""
         super().reset(seed=seed)
         options = options or {}
-        if options.get("reset_to_state") is not None:
+        replay = options.get("reset_to_state") is not None
+        if replay:
             state = as_finite_vector(options["reset_to_state"], 5, "reset_to_state")
         else:
             # Without a seed, continue the env's generator so that reset(seed=s); reset() is reproducible.
@@ -329,7 +337,8 @@ class PushTEnv(gym.Env):
         self._build_space()
         self._n_contact_points = 0
         self._last_action = None
-        self._set_state(state)
+        # Recorded states replay exactly angle-first; Chi et al.'s test runner (legacy_test: True) sets position first.
+        self._set_state(state, angle_first=replay)
         return self._observation(), self._info(coverage(self._block_pose()))
 
     def step(self, action):

@@ -1,4 +1,9 @@
-"""Diffusion policies (Chi et al. 2023): action-chunk U-Net, normalisers, replay-buffer windows, the policy."""
+"""Diffusion policies (Chi et al. 2023): action-chunk U-Net, normalisers, replay-buffer windows, the policy.
+
+Training is ``scidiff train experiment=pusht_keypoints|pusht_state|particle`` (scidiff.policy.train); closed-loop
+evaluation is ``scidiff policy rollout`` (scidiff.policy.rollout, scidiff.policy.cli). Those modules import
+gymnasium and the envs package, so they are not imported here.
+"""
 
 from .datasets import (
     PUSHT_KEYPOINT_OBS,

@@ -102,16 +102,14 @@ def _run_rollout(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    """Load a run's EMA weights and write them with save_policy (config and provenance in the metadata)."""
-    from .policy import load_policy, read_metadata, save_policy
+    """Load a run's EMA weights (checked strictly) and write them with its run config plus the source and a note."""
+    from scidiff.core.checkpoint import load_inference
+
+    from .policy import load_policy, save_policy
 
     policy = load_policy(args.checkpoint)
-    provenance = {"source": str(args.checkpoint), "note": args.note}
-    run_config = json.loads(read_metadata(args.checkpoint).get("scidiff_config", "{}"))
-    for key in ("trainer", "data", "sampler"):
-        if key in run_config:
-            provenance[key] = run_config[key]
-    print(f"wrote {save_policy(policy, args.out, provenance=provenance)}")
+    run_config = {**load_inference(args.checkpoint)[1], "source": str(args.checkpoint), "note": args.note}
+    print(f"wrote {save_policy(policy, args.out, run_config=run_config)}")
     return 0
 
 

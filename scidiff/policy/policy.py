@@ -3,7 +3,7 @@
 The policy owns everything a checkpoint needs to act: the observation and action normalisers, the
 observation encoder, the U-Net and the noise-process settings. Construction takes only plain values, so
 ``DiffusionPolicy(**policy.config())`` rebuilds it and ``save_policy`` / ``load_policy`` round-trip it through
-one safetensors file (weights + JSON config in the metadata; never pickle).
+one safetensors file in the core's inference format (weights + JSON config in the metadata; never pickle).
 
 ``objective="regression"`` turns the same network into the direct-regression baseline: one forward pass with a
 fixed zero input and time, trained by MSE on the normalised action chunk.
@@ -13,27 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from scidiff.core import check_sampler, diffusion_loss, sample, x0_denoiser
-from scidiff.core.checkpoint import CONFIG_KEY as RUN_CONFIG_KEY
+from scidiff.core.checkpoint import load_inference, save_inference
 from scidiff.core.config import build_diffusion
 
 from .normalizer import MinMaxNormalizer
 from .unet1d import ConditionalUnet1D
 
-__all__ = ["OBJECTIVES", "CHI_PROCESS", "POLICY_CONFIG_KEY", "DiffusionPolicy", "save_policy", "load_policy",
-           "read_metadata", "policy_config_from_metadata"]
+__all__ = ["OBJECTIVES", "CHI_PROCESS", "POLICY_CONFIG_KEY", "DiffusionPolicy", "save_policy", "load_policy"]
 
 OBJECTIVES = ("diffusion", "regression")
-_FORMAT = "scidiff.policy/1"
 # Key of the policy's construction arguments inside a training run's config (the trainer's model.safetensors).
 POLICY_CONFIG_KEY = "policy_config"
 # Chi et al. (2023): 100 training steps, squaredcos_cap_v2 (cosine) schedule, epsilon prediction. Same schema as
@@ -167,50 +162,16 @@ class DiffusionPolicy(nn.Module):
         return {"action_pred": action_pred, "action": action_pred[:, start : start + self.n_action_steps]}
 
 
-def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
-    """Write weights, normalisers and config (plus optional JSON provenance) to one safetensors file, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
-    metadata = {"format": _FORMAT, "config": json.dumps(policy.config())}
-    if provenance is not None:
-        metadata["provenance"] = json.dumps(provenance)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def policy_config_from_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict[str, Any]:
-    """DiffusionPolicy arguments from safetensors metadata: save_policy's 'config' or a training run's model.safetensors."""
-    if "config" in metadata:
-        return json.loads(metadata["config"])
-    if RUN_CONFIG_KEY in metadata:  # written by the core trainer; the policy task stores its arguments there
-        run_config = json.loads(metadata[RUN_CONFIG_KEY])
-        if POLICY_CONFIG_KEY in run_config:
-            return run_config[POLICY_CONFIG_KEY]
-        raise ValueError(f"{path}: a scidiff training output, but not of a policy run (no '{POLICY_CONFIG_KEY}')")
-    raise ValueError(f"{path}: no 'config' in the safetensors metadata; not written by save_policy or a policy run")
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata of a safetensors file; a missing file raises FileNotFoundError naming the path."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no policy checkpoint at {path}")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return f.metadata() or {}
+def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, run_config: dict[str, Any] | None = None) -> Path:
+    """Write weights, normalisers and config in the core's inference format (safetensors + JSON config), atomically."""
+    return save_inference(path, policy.state_dict(), {**(run_config or {}), POLICY_CONFIG_KEY: policy.config()})
 
 
 def load_policy(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffusionPolicy:
-    """Rebuild a policy from a save_policy file or a policy run's model.safetensors (EMA weights), strictly."""
-    config = policy_config_from_metadata(read_metadata(path), path)
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    policy = DiffusionPolicy(**config).to(device)
-    policy.load_state_dict(tensors, strict=True)
+    """Rebuild a policy from save_policy's file or a policy run's model.safetensors (EMA weights), strictly."""
+    state, run_config = load_inference(path, device)
+    if POLICY_CONFIG_KEY not in run_config:
+        raise ValueError(f"{path}: a scidiff weights file, but not of a policy (no '{POLICY_CONFIG_KEY}' in its config)")
+    policy = DiffusionPolicy(**run_config[POLICY_CONFIG_KEY]).to(device)
+    policy.load_state_dict(state, strict=True)
     return policy.eval()

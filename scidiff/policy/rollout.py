@@ -68,8 +68,9 @@ class PushTKeypointsAdapter(gym.ObservationWrapper):
         return gym_pusht_keypoint_obs(observation)
 
 
-def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = None) -> gym.Env:
-    """One env by Gymnasium id; gym-pusht ids get obs_type='state' and, for a 20-d policy, the keypoints adapter."""
+def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = None, **kwargs: Any) -> gym.Env:
+    """One env by Gymnasium id (kwargs go to gym.make); gym-pusht ids get obs_type='state' and, for a 20-d policy,
+    the keypoints adapter."""
     import envs  # noqa: F401  (registers the scidiff ids)
 
     if env_id.startswith(GYM_PUSHT_PREFIX):
@@ -77,11 +78,11 @@ def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = 
             import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
         except ImportError as err:
             raise ValueError(f"env {env_id!r} needs the gym-pusht package (pip install gym-pusht; pymunk < 7)") from err
-        env = gym.make(env_id, obs_type="state", render_mode=render_mode)
+        env = gym.make(env_id, obs_type="state", render_mode=render_mode, **kwargs)
         return PushTKeypointsAdapter(env) if obs_dim == 20 else env
     if env_id not in gym.registry:
         raise ValueError(f"unknown env {env_id!r}; registered scidiff ids: {[k for k in gym.registry if 'scidiff' in k]}")
-    return gym.make(env_id, render_mode=render_mode)
+    return gym.make(env_id, render_mode=render_mode, **kwargs)
 
 
 def _check_spaces(env: gym.vector.VectorEnv, obs_dim: int, action_dim: int, env_id: str) -> None:
@@ -114,18 +115,21 @@ def rollout(
     reset_options: Callable[[int], dict[str, Any] | None] | None = None,
     progress: bool = True,
     generator_seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[EpisodeResult], list[float], list[list[np.ndarray]]]:
     """Run `episodes` receding-horizon episodes (To obs -> Tp actions, execute Ta; Chi et al. 2023).
 
     Returns per-episode results, per-chunk latencies in seconds (one batched predict_action call each), and
-    the RGB frames of the first `video_episodes` episodes.
+    the RGB frames of the first `video_episodes` episodes. `env_kwargs` go to gym.make (e.g. goal_radius).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     num_envs = min(num_envs, episodes)
     render = "rgb_array" if video_episodes > 0 else None
     obs_dim, action_dim = policy.obs_dim, policy.action_dim
-    vec = gym.vector.SyncVectorEnv([lambda: make_env(env_id, render, obs_dim) for _ in range(num_envs)])
+    vec = gym.vector.SyncVectorEnv(
+        [lambda: make_env(env_id, render, obs_dim, **(env_kwargs or {})) for _ in range(num_envs)]
+    )
     try:
         _check_spaces(vec, obs_dim, action_dim, env_id)
         limit = max_steps or vec.envs[0].spec.max_episode_steps or 300
@@ -149,11 +153,42 @@ def rollout(
     return results, latencies, frames
 
 
+class _Tally:
+    """Per-sub-env score bookkeeping of one wave: max reward, max coverage, success, length, still running."""
+
+    def __init__(self, n: int, n_active: int, limit: int):
+        self.limit = limit
+        self.max_reward, self.max_cover = np.zeros(n), np.full(n, np.nan)
+        self.success, self.length = np.zeros(n, dtype=bool), np.zeros(n, dtype=int)
+        self.running = np.arange(n) < n_active
+
+    def record(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, info: dict) -> list[int]:
+        """Add one vector step to the running sub-envs; returns those that finished at this step."""
+        finished = []
+        for j in np.flatnonzero(self.running):
+            self.length[j] += 1
+            self.max_reward[j] = max(self.max_reward[j], float(reward[j]))
+            cover = _info_at(info, "coverage", j)
+            if cover is not None:
+                self.max_cover[j] = np.nanmax([self.max_cover[j], float(cover)])
+            self.success[j] |= bool(_info_at(info, "is_success", j) or False)
+            if terminated[j] or truncated[j] or self.length[j] >= self.limit:
+                self.running[j] = False
+                finished.append(int(j))
+        return finished
+
+    def results(self, seeds: Sequence[int]) -> list[EpisodeResult]:
+        return [
+            EpisodeResult(int(s), float(self.max_reward[j]), bool(self.success[j]), int(self.length[j]),
+                          None if np.isnan(self.max_cover[j]) else float(self.max_cover[j]))
+            for j, s in enumerate(seeds)
+        ]
+
+
 def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: str, steps: int, generator, record: list[bool],
               reset_options, latencies: list[float], bar) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
     n = vec.num_envs
-    active = np.arange(n) < len(seeds)
     all_seeds = [int(s) for s in seeds] + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
     # The vector reset also clears pending autoresets left by the previous wave's finished episodes.
     obs, _ = vec.reset(seed=all_seeds)
@@ -162,41 +197,25 @@ def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: str, steps
         obs = np.stack([env.reset(seed=s, options=reset_options(s))[0] for env, s in zip(vec.envs, all_seeds)])
     # Chi et al.'s MultiStepWrapper pads the observation history with the first observation.
     history = np.repeat(np.asarray(obs, dtype=np.float32)[:, None], policy.n_obs_steps, axis=1)
-    max_reward = np.zeros(n)
-    max_cover = np.full(n, np.nan)
-    success = np.zeros(n, dtype=bool)
-    length = np.zeros(n, dtype=int)
-    running = active.copy()
-    frames = [[f] for f in vec.call("render")] if any(record) else [[] for _ in range(n)]
+    tally = _Tally(n, len(seeds), limit)
+    filming = [j for j, keep in enumerate(record) if keep]
+    frames: list[list[np.ndarray]] = [[vec.envs[j].render()] if j in filming else [] for j in range(len(seeds))]
     device = next(policy.parameters()).device
-    while running.any() and length.max() < limit:
+    while tally.running.any():
         start = time.perf_counter()
         chunk = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
                                       generator=generator)["action"].cpu().numpy().astype(np.float64)
         latencies.append(time.perf_counter() - start)
         for k in range(chunk.shape[1]):
+            filmed = [j for j in filming if tally.running[j]]
             obs, reward, terminated, truncated, info = vec.step(chunk[:, k])
-            for j in np.flatnonzero(running):
-                length[j] += 1
-                max_reward[j] = max(max_reward[j], float(reward[j]))
-                cover = _info_at(info, "coverage", j)
-                if cover is not None:
-                    max_cover[j] = np.nanmax([max_cover[j], float(cover)])
-                success[j] |= bool(_info_at(info, "is_success", j) or False)
-                if record[j] if j < len(record) else False:
-                    frames[j].append(vec.envs[j].render())
-                if terminated[j] or truncated[j] or length[j] >= limit:
-                    running[j] = False
-                    bar.update()
+            bar.update(len(tally.record(reward, terminated, truncated, info)))
+            for j in filmed:
+                frames[j].append(vec.envs[j].render())
             history = np.concatenate([history[:, 1:], np.asarray(obs, dtype=np.float32)[:, None]], axis=1)
-            if not running.any():
+            if not tally.running.any():
                 break
-    results = [
-        EpisodeResult(all_seeds[j], float(max_reward[j]), bool(success[j]), int(length[j]),
-                      None if np.isnan(max_cover[j]) else float(max_cover[j]))
-        for j in range(len(seeds))
-    ]
-    return results, frames[: len(seeds)]
+    return tally.results(seeds), frames
 
 
 def summarize(results: Sequence[EpisodeResult], latencies: Sequence[float], **fields: Any) -> dict[str, Any]:

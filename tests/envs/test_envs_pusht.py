@@ -166,3 +166,19 @@ def test_pixel_observation_and_render():
     headless.reset(seed=0)
     with pytest.warns(UserWarning, match="render_mode"):
         assert headless.render() is None
+
+
+def test_seeded_reset_follows_chi_test_runner_and_replay_sets_angle_first():
+    """Seeds place the block position-then-angle (Chi et al.'s legacy_test runner); reset_to_state is angle-first."""
+    import gymnasium as gym
+
+    from envs.pusht import legacy_reset_state
+
+    env = gym.make("scidiff/PushT-v0").unwrapped
+    drawn = legacy_reset_state(100000)
+    _, info = env.reset(seed=100000)
+    # Turning about the centre of gravity after placing the body moves its origin away from the drawn position.
+    assert np.linalg.norm(info["block_pose"][:2] - drawn[2:4]) > 1.0
+    assert np.isclose(info["block_pose"][2] % (2 * np.pi), drawn[4] % (2 * np.pi))
+    _, info = env.reset(options={"reset_to_state": drawn})
+    assert np.allclose(info["block_pose"][:2], drawn[2:4])

@@ -86,8 +86,13 @@ def test_load_rejects_files_without_config(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, tmp_path / "x.safetensors")
-    with pytest.raises(ValueError, match="no 'config'"):
+    with pytest.raises(ValueError, match="not a scidiff inference file"):
         load_policy(tmp_path / "x.safetensors")
+    from scidiff.core.checkpoint import save_inference
+
+    save_inference(tmp_path / "toy.safetensors", {"w": torch.zeros(1)}, {"model": {}})
+    with pytest.raises(ValueError, match="not of a policy"):
+        load_policy(tmp_path / "toy.safetensors")
 
 
 def test_default_process_is_chi_recipe():

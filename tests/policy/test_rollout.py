@@ -1,0 +1,122 @@
+"""Receding-horizon rollouts (Chi et al. 2023): vector-env bookkeeping, the JSON summary, the gym-pusht adapter, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers the env ids)
+from envs.particle import GOAL_A, GOAL_B, VISITED
+from envs.pusht import PushTEnv
+from scidiff.cli import main
+from scidiff.policy import DiffusionPolicy, save_policy
+from scidiff.policy.rollout import PushTKeypointsAdapter, gym_pusht_keypoint_obs, rollout, summarize
+
+
+class NearestGoalPolicy(torch.nn.Module):
+    """A scripted stand-in with the policy interface: every action targets the nearest unvisited goal."""
+
+    obs_dim, action_dim, n_obs_steps, n_action_steps = 10, 2, 2, 8
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # rollout reads the device from the parameters
+        self.calls = 0
+
+    def predict_action(self, obs, sampler="ddim", steps=10, generator=None):
+        self.calls += 1
+        o = obs[:, -1].numpy()
+        goals = np.stack([o[:, GOAL_A], o[:, GOAL_B]], 1)
+        dist = np.linalg.norm(goals - o[:, None, :2], axis=-1) + 10 * o[:, VISITED]
+        target = goals[np.arange(len(o)), dist.argmin(1)]
+        return {"action": torch.from_numpy(np.repeat(target[:, None], self.n_action_steps, 1))}
+
+
+def test_vector_rollout_reads_success_at_the_terminating_step():
+    # Success terminates a particle episode; after it the vector env autoresets, which must not erase the success.
+    policy = NearestGoalPolicy()
+    results, latencies, _ = rollout(policy, "scidiff/Particle-v0", episodes=7, seed=5, num_envs=3, progress=False)
+    assert [r.seed for r in results] == list(range(5, 12))
+    assert all(r.success and r.max_reward == 1.0 for r in results)
+    assert all(1 <= r.steps < 50 for r in results) and len(latencies) == policy.calls
+
+
+def test_random_targets_rarely_succeed():
+    """Random targets almost never visit both goals: the bar a trained policy must clear (see test_train.py)."""
+    summary = summarize(*rollout(RandomPolicy(), "scidiff/Particle-v0", episodes=20, seed=0, progress=False)[:2])
+    assert summary["success_rate"] <= 0.1
+
+
+class RandomPolicy(NearestGoalPolicy):
+    """Uniform random targets in the unit square."""
+
+    def predict_action(self, obs, sampler="ddim", steps=10, generator=None):
+        return {"action": torch.rand(obs.shape[0], self.n_action_steps, 2, generator=torch.Generator().manual_seed(self.calls))}
+
+
+def tiny_policy(obs_dim=10):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(obs_dim, 2, horizon=8, n_obs_steps=2, n_action_steps=4, down_dims=[16, 32], step_embed_dim=16)
+    return policy.fit_normalizers(torch.rand(64, obs_dim), torch.rand(64, 2))
+
+
+def test_rollout_cli_writes_summary_json_and_video(tmp_path, capsys):
+    path = save_policy(tiny_policy(), tmp_path / "p.safetensors")
+    out = tmp_path / "r.json"
+    code = main(["policy", "rollout", "--checkpoint", str(path), "--env", "scidiff/Particle-v0", "--episodes", "3",
+                 "--seed", "7", "--steps", "2", "--num-envs", "2", "--json", str(out), "--video", str(tmp_path / "v.gif"),
+                 "--video-episodes", "2", "--no-progress"])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    for key in ("episodes", "avg_max_reward", "success_rate", "mean_chunk_latency_ms", "per_episode", "sampler", "steps",
+                "seed", "env", "checkpoint"):
+        assert key in summary, key
+    assert summary["episodes"] == 3 and summary["sampler"] == "ddim" and summary["steps"] == 2
+    assert [e["seed"] for e in summary["per_episode"]] == [7, 8, 9]
+    assert (tmp_path / "v.gif").stat().st_size > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 3
+
+
+def test_pusht_summary_reports_average_max_coverage(tmp_path):
+    policy = tiny_policy(obs_dim=20)
+    results, latencies, _ = rollout(policy, "scidiff/PushT-keypoints-v0", episodes=2, steps=1, max_steps=16,
+                                    progress=False)
+    summary = summarize(results, latencies)
+    # Chi et al.'s score: the mean over episodes of each episode's max reward clip(coverage / 0.95, 0, 1).
+    assert summary["avg_max_coverage"] == pytest.approx(np.mean([r.max_reward for r in results]))
+    assert all(r.max_reward == pytest.approx(min(r.max_coverage / 0.95, 1.0)) for r in results)
+    assert all(r.steps == 16 for r in results)
+
+
+def test_clear_errors_for_missing_checkpoint_and_mismatched_env(tmp_path, capsys):
+    missing = tmp_path / "nope.safetensors"
+    assert main(["policy", "rollout", "--checkpoint", str(missing), "--episodes", "1"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"observations of shape \(10,\), the policy expects \(20,\)"):
+        rollout(tiny_policy(obs_dim=20), "scidiff/Particle-v0", episodes=1, progress=False)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 100000])
+def test_gym_pusht_adapter_matches_the_envs_own_keypoints(seed):
+    env = PushTEnv(obs_type="keypoints")
+    obs, _ = env.reset(seed=seed)
+    for _ in range(3):  # move so the block angle is not the reset one, and wraps differently than the body angle
+        obs, *_ = env.step(env.state[2:4])
+    np.testing.assert_allclose(gym_pusht_keypoint_obs(env.state), obs, atol=1e-9)
+    wrapped = PushTKeypointsAdapter(PushTEnv(obs_type="state"))
+    kp_obs, _ = wrapped.reset(seed=seed)
+    np.testing.assert_allclose(kp_obs, PushTEnv(obs_type="keypoints").reset(seed=seed)[0], atol=1e-9)
+    assert wrapped.observation_space.shape == (20,)
+
+
+def test_bundled_pusht_weights_load_with_chi_horizons_and_provenance():
+    from scidiff.policy import load_policy
+    from scidiff.policy.cli import BUNDLED_WEIGHTS, default_env
+    from scidiff.core.checkpoint import load_inference
+
+    policy = load_policy(BUNDLED_WEIGHTS)
+    assert (policy.obs_dim, policy.action_dim) == (20, 2) and default_env(policy.obs_dim) == "scidiff/PushT-keypoints-v0"
+    assert (policy.horizon, policy.n_obs_steps, policy.n_action_steps) == (16, 2, 8)
+    run_config = load_inference(BUNDLED_WEIGHTS)[1]
+    assert run_config["data"]["max_train_episodes"] == 90 and "trainer" in run_config

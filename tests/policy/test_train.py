@@ -1,0 +1,94 @@
+"""The policy task end to end: Hydra config -> expert data -> the core's train() -> rollouts; resume through the trainer."""
+
+import numpy as np
+import pytest
+import torch
+
+from scidiff.core.checkpoint import load_training_state
+from scidiff.core.config import compose, to_container
+from scidiff.policy import load_policy
+from scidiff.policy import train as policy_train
+from scidiff.policy.rollout import rollout, summarize
+
+from .test_rollout import RandomPolicy
+
+
+def particle_config(out_dir, **overrides) -> dict:
+    """The particle experiment shrunk to seconds: a tiny U-Net, short horizon, few expert episodes."""
+    values = {
+        "trainer.out_dir": str(out_dir), "trainer.max_steps": 300, "trainer.batch_size": 32, "trainer.lr": 3e-3,
+        "trainer.warmup_steps": 20, "trainer.checkpoint_every": 100, "trainer.log_every": 50,
+        "trainer.eval_every": 0, "trainer.progress": False, "trainer.tensorboard": False,
+        "model.down_dims": "[16,32]", "model.step_embed_dim": 32, "policy.horizon": 8, "policy.n_action_steps": 4,
+        "data.episodes": 60, "policy.eval.episodes": 4, **overrides,
+    }
+    return to_container(compose(["experiment=particle", *(f"{k}={v}" for k, v in values.items())]))
+
+
+def test_tiny_particle_policy_trains_and_beats_random_targets(tmp_path):
+    cfg = particle_config(tmp_path / "run")
+    assert cfg["task"] == "policy" and cfg["process"]["prediction"] == "x0"
+    torch.manual_seed(0)
+    result = policy_train.train_from_config(cfg)
+    assert result.step == 300 and (tmp_path / "run" / "expert_data.zarr").is_dir()
+    policy = load_policy(tmp_path / "run" / "model.safetensors")  # the trainer's EMA file loads as a policy
+    # 300 steps of a 0.1 M-parameter U-Net are not precise enough for the 0.05 goal radius; a 0.1 radius shows
+    # the closed loop works. Random targets never visit both goals on these seeds.
+    easier = {"goal_radius": 0.1}
+    score = summarize(*rollout(policy, "scidiff/Particle-v0", episodes=20, seed=10_000, progress=False,
+                               env_kwargs=easier)[:2])["success_rate"]
+    random = summarize(*rollout(RandomPolicy(), "scidiff/Particle-v0", episodes=20, seed=10_000, progress=False,
+                                env_kwargs=easier)[:2])["success_rate"]
+    assert random == 0.0 and score >= 0.15, (score, random)
+
+
+def test_resumed_policy_run_equals_uninterrupted(tmp_path, monkeypatch):
+    common = {"trainer.max_steps": 12, "trainer.checkpoint_every": 5, "trainer.eval_every": 6, "data.episodes": 10,
+              "data.path": str(tmp_path / "data.zarr")}
+    monkeypatch.setattr(policy_train, "make_evaluate", lambda cfg, val: lambda policy, step: {})
+    torch.manual_seed(0)
+    full = policy_train.train_from_config(particle_config(tmp_path / "full", **common))
+
+    def crash(cfg, val):
+        def evaluate(policy, step):
+            raise RuntimeError("simulated crash")
+        return evaluate
+
+    monkeypatch.setattr(policy_train, "make_evaluate", crash)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        policy_train.train_from_config(particle_config(tmp_path / "crash", **common))
+    assert load_training_state(tmp_path / "crash" / "checkpoints" / "last.pt")["step"] == 5
+    monkeypatch.setattr(policy_train, "make_evaluate", lambda cfg, val: lambda policy, step: {})
+    torch.manual_seed(1)  # the resumed run must not depend on the caller's RNG
+    resumed = policy_train.train_from_config(particle_config(tmp_path / "crash", **common))
+    assert resumed.step == full.step == 12
+    for a, b in zip(full.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_policy_section_rejects_unknown_fields(tmp_path):
+    cfg = particle_config(tmp_path)
+    cfg["policy"]["horizn"] = 8
+    with pytest.raises(ValueError, match="policy: unknown field"):
+        policy_train.build_policy(cfg, 10, 2)
+
+
+def test_regression_objective_is_one_override(tmp_path):
+    cfg = particle_config(tmp_path, **{"policy.objective": "regression"})
+    policy = policy_train.build_policy(cfg, 10, 2)
+    assert policy.objective == "regression" and policy.unet.horizon == 8
+
+
+def test_normalizers_fit_on_training_episodes_only(tmp_path):
+    cfg = particle_config(tmp_path, **{"trainer.max_steps": 1, "data.episodes": 10})
+    result = policy_train.train_from_config(cfg)
+    from envs.replay_buffer import ReplayBuffer
+
+    from scidiff.policy import split_datasets
+
+    train_set, val_set = split_datasets(ReplayBuffer.load(tmp_path / "expert_data.zarr"), horizon=8, n_obs_steps=2,
+                                        n_action_steps=4, obs_keys=["state"], val_ratio=0.02, max_train_episodes=None)
+    rows = train_set.episode_rows()
+    np.testing.assert_allclose(result.model.obs_normalizer.hi.numpy(), train_set.obs[rows].max(0))
+    assert val_set.episode_mask.sum() == 1 and not (train_set.episode_mask & val_set.episode_mask).any()
