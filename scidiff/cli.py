@@ -12,6 +12,7 @@ from pathlib import Path
 TRAINERS = {
     "toy": "scidiff.toy:train_from_config",
     "policy": "scidiff.policy.train:train_from_config",
+    "mol": "scidiff.mol.train:train_from_config",
 }
 
 
@@ -54,6 +55,12 @@ def _envs(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _mol(args: argparse.Namespace) -> int:
+    from .mol.cli import run
+
+    return run(args)
+
+
 def _policy(args: argparse.Namespace) -> int:
     from .policy.cli import run
 
@@ -78,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("envs", help="Gymnasium simulators: record scripted-expert demonstrations")
     add_envs_commands(p.add_subparsers(dest="envs_command", required=True))
     p.set_defaults(func=_envs)
+    from .mol.cli import add_commands as add_mol_commands
+
+    p = sub.add_parser("mol", help="molecules: build conformer training sets")
+    add_mol_commands(p.add_subparsers(dest="mol_command", required=True))
+    p.set_defaults(func=_mol)
     from .policy.cli import add_commands as add_policy_commands
 
     p = sub.add_parser("policy", help="diffusion policies: roll out a checkpoint in a simulator")

@@ -16,7 +16,11 @@ def ema_decay(step: int, power: float = 0.75, max_decay: float = 0.9999) -> floa
 
 
 class EMA:
-    """A frozen copy of a module whose parameters track the live ones; buffers are copied as they are."""
+    """A frozen copy of a module whose parameters track the live ones; buffers are copied as they are.
+
+    Parameters and buffers are paired by name: deep copies of some modules (e3nn's generated code) gain extra
+    buffers, so positions do not line up.
+    """
 
     def __init__(self, model: nn.Module, power: float = 0.75, max_decay: float = 0.9999):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
@@ -26,11 +30,13 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         decay = ema_decay(self.updates, self.power, self.max_decay)
-        ema_params = [p for p in self.module.parameters()]
-        live_params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)
-        for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
-            ema_buf.copy_(buf)
+        live = dict(model.named_parameters())
+        pairs = [(p, live[name].detach()) for name, p in self.module.named_parameters()]
+        torch._foreach_lerp_([p for p, _ in pairs], [q for _, q in pairs], 1.0 - decay)
+        live_buffers = dict(model.named_buffers())
+        for name, buf in self.module.named_buffers():
+            if name in live_buffers:
+                buf.copy_(live_buffers[name])
         self.updates += 1
 
     def state_dict(self) -> dict:

@@ -6,7 +6,7 @@ CUDA, optional ``model.compile()``, AdamW with cosine warm-up, gradient clipping
 TensorBoard), periodic evaluation, two-tier atomic checkpoints with exact resume, and DDP under torchrun.
 
 Data order is a pure function of (seed, epoch): every epoch is a fixed list of global batches of dataset
-indices, each split evenly across ranks. Resuming at step k therefore starts at exactly the batch an
+indices, each dealt out across ranks. Resuming at step k therefore starts at exactly the batch an
 uninterrupted run would have used, without replaying the data.
 """
 
@@ -136,7 +136,7 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 
 class _StepBatches:
-    """Index lists for this rank from ``start_step`` on; epoch e is ``plan(e)`` split evenly across ranks."""
+    """Index lists for this rank from ``start_step`` on; epoch e is ``plan(e)``, each batch dealt out across ranks."""
 
     def __init__(self, plan: BatchPlan, start_step: int, info: DistInfo):
         self.plan, self.start_step, self.info = plan, start_step, info
@@ -155,11 +155,11 @@ class _StepBatches:
             epoch, offset = epoch + 1, 0
 
     def _rank_share(self, batch: list[int]) -> list[int]:
+        # Interleaved, so batches of any size (e.g. node-count-balanced ones) give every rank a share and a step.
         world = self.info.world_size
-        if len(batch) % world:
-            raise ValueError(f"global batch of {len(batch)} items does not split evenly over {world} ranks")
-        share = len(batch) // world
-        return batch[self.info.rank * share : (self.info.rank + 1) * share]
+        if len(batch) < world:
+            raise ValueError(f"a global batch of {len(batch)} items cannot feed {world} ranks")
+        return batch[self.info.rank :: world]
 
 
 class _RunLog:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -21,7 +22,8 @@ from scidiff.data import data_path
 
 from .chem import MoleculeError, mol_from_smiles, prepare_mol
 
-__all__ = ["Skipped", "Built", "embed_conformers", "build_conformers", "mol_from_xyz", "read_qm9"]
+__all__ = ["Skipped", "Built", "embed_conformers", "build_conformers", "mol_from_xyz", "read_qm9",
+           "write_sdf_conformers", "read_sdf_conformers"]
 
 log = logging.getLogger(__name__)
 
@@ -180,4 +182,58 @@ def read_qm9(split: str = "train", limit: int | None = None) -> Built:
         mol.SetIntProp("gdb_id", int(index[i]))
         built.molecules.append(mol)
     log.info("qm9 %s: %s", split, built.summary())
+    return built
+
+
+def write_sdf_conformers(path: str | Path, molecules: Iterable[Chem.Mol]) -> Path:
+    """Write every conformer as one SDF record (name, ``energy`` kept), atomically: a killed run leaves no partial file."""
+    from scidiff.core.checkpoint import atomic_write  # torch-free module-level imports stay torch-free
+
+    def write(tmp: str) -> None:
+        with Chem.SDWriter(tmp) as writer:
+            for mol in molecules:
+                for conf in mol.GetConformers():
+                    if conf.HasProp("energy"):
+                        mol.SetDoubleProp("energy", conf.GetDoubleProp("energy"))
+                    writer.write(mol, confId=conf.GetId())
+    return atomic_write(path, write)
+
+
+def _sdf_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.sdf"))
+        if not files:
+            raise FileNotFoundError(f"no .sdf files in {path}")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"no SDF file or folder at {path}")
+    return [path]
+
+
+def read_sdf_conformers(path: str | Path) -> Built:
+    """Conformer sets from an SDF file or a folder of SDF shards: consecutive records with the same name and atoms become
+    one molecule with several conformers. Hydrogens are kept; unreadable records are reported in ``skipped``."""
+    built = Built()
+    for file in _sdf_files(Path(path)):
+        with rdBase.BlockLogs():
+            records = list(Chem.SDMolSupplier(str(file), removeHs=False))
+        previous_key = None
+        for number, record in enumerate(records):
+            if record is None:
+                built.skipped.append(Skipped(f"{file.name}#{number}", "RDKit could not read the SDF record"))
+                continue
+            conf = record.GetConformer()
+            if record.HasProp("energy"):
+                conf.SetDoubleProp("energy", record.GetDoubleProp("energy"))
+            key = (record.GetProp("_Name") if record.HasProp("_Name") else "", Chem.MolToSmiles(record))
+            if key == previous_key:
+                built.molecules[-1].AddConformer(conf, assignId=True)
+                continue
+            if not conf.Is3D():
+                built.skipped.append(Skipped(key[0] or f"{file.name}#{number}", "the record has 2D coordinates"))
+                continue
+            Chem.AssignStereochemistryFrom3D(record)
+            built.molecules.append(record)
+            previous_key = key
+    log.info("sdf %s: %s", path, built.summary())
     return built

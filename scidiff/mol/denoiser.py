@@ -248,5 +248,17 @@ class ConformerDenoiser(nn.Module):
             h = layer(h, edge_index, edge_emb, edge_sh, edge_weight, norm)
         return remove_mean(self.head(h), batch)
 
+    def __deepcopy__(self, memo: dict) -> "ConformerDenoiser":
+        """A rebuilt copy with the same weights: deep-copying e3nn's code-generated modules adds stray buffers
+        (``_tensor_constant0``), which breaks positional buffer matching (the core's EMA) and state-dict loading."""
+        reference = next(self.parameters())
+        clone = type(self)(self.config).to(device=reference.device, dtype=reference.dtype)
+        clone.load_state_dict(self.state_dict())
+        clone.train(self.training)
+        for mine, theirs in zip(clone.parameters(), self.parameters()):
+            mine.requires_grad_(theirs.requires_grad)
+        memo[id(self)] = clone
+        return clone
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -213,3 +213,26 @@ def test_compile_matches_eager(tmp_path):
     assert set(eager.model.state_dict()) == set(compiled.model.state_dict())  # no "_orig_mod." prefix
     for key, value in eager.model.state_dict().items():
         assert torch.allclose(value, compiled.model.state_dict()[key], atol=1e-4), key
+
+
+def test_ema_pairs_parameters_and_buffers_by_name():
+    """A copy with an extra buffer (as e3nn's generated modules gain when deep-copied) still tracks by name."""
+    from scidiff.core.ema import EMA
+
+    model = nn.BatchNorm1d(3)
+    ema = EMA(model)
+    ema.module.register_buffer("_tensor_constant0", torch.zeros(7))
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    ema.update(model)  # first update copies (decay 0)
+    assert torch.equal(ema.module.weight, model.weight) and torch.equal(ema.module.running_mean, model.running_mean)
+
+
+def test_rank_shares_cover_uneven_batches():
+    from scidiff.core.distributed import DistInfo
+    from scidiff.core.trainer import _StepBatches
+
+    plan = lambda epoch: [[0, 1, 2, 3, 4], [5, 6, 7]]  # noqa: E731 (node-balanced batches vary in size)
+    shares = [list(zip(range(2), _StepBatches(plan, 0, DistInfo(rank, 2)))) for rank in range(2)]
+    assert [s for _, s in shares[0]] == [[0, 2, 4], [5, 7]] and [s for _, s in shares[1]] == [[1, 3], [6]]

@@ -1,0 +1,479 @@
+"""Conformer-generation evaluation for any generator, and the RDKit baselines it is compared with.
+
+Metrics (functions take RDKit mols with conformers, so scidiff and RDKit run through the same code):
+- COV/AMR recall and precision over a delta sweep (GeoMol, Ganea et al. 2021; Torsional Diffusion, Jing et al.
+  2022): K x L heavy-atom symmetry-aware aligned RMSDs (``rdMolAlign.GetBestRMS`` on ``RemoveHs`` copies);
+- ground-state recovery: min heavy-atom RMSD of a generated set to the QM9 DFT geometry;
+- PoseBusters ``mol`` checks (Buttenschoen et al. 2024), stereo preservation, optional GFN2-xTB strain, speed.
+A molecule without output counts as 0 coverage / not recovered and is listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from rdkit import Chem, rdBase
+from rdkit.Chem import AllChem, rdMolAlign
+
+from .stereo import check_conformers
+
+__all__ = [
+    "GenerateFn",
+    "GenerationUnavailable",
+    "HARTREE_TO_KCAL",
+    "DELTAS_QM9",
+    "DELTAS_DRUGS",
+    "etkdg_conformers",
+    "etkdg_generator",
+    "etkdg_mmff_generator",
+    "BASELINES",
+    "mmff_relax",
+    "rmsd_matrix",
+    "coverage_metrics",
+    "evaluate_coverage",
+    "ground_state_rmsd",
+    "evaluate_ground_state",
+    "posebusters_checks",
+    "stereo_preservation",
+    "xtb_energy",
+    "xtb_relax",
+    "xtb_strain",
+    "Timed",
+    "run_generator",
+    "generate_batch",
+    "evaluate_method",
+    "compare_table",
+    "save_results",
+]
+
+log = logging.getLogger(__name__)
+
+# generate_fn(mols, n, seed, **options) -> one mol per input, same atom order, n conformers (0 on failure)
+GenerateFn = Callable[..., list[Chem.Mol]]
+HARTREE_TO_KCAL = 627.509474
+BOHR_PER_ANGSTROM = 1.0 / 0.52917721092
+DELTAS_QM9 = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25)  # Jing et al. 2022 sweep; 0.5 A is the headline for QM9
+DELTAS_DRUGS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # 0.75 A is the headline for DRUGS
+GROUND_STATE_THRESHOLDS = (0.1, 0.25, 0.5)
+
+
+class GenerationUnavailable(RuntimeError):
+    """A generation backend that cannot run at all (not a per-molecule failure)."""
+
+
+# ------------------------------------------------------------------------------------------- RDKit baselines
+
+
+def etkdg_conformers(mol: Chem.Mol, n: int, seed: int = 0, mmff: bool = False, mmff_iters: int = 2000) -> Chem.Mol:
+    """n ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020) of a prepared mol, same atom order, optional MMFF94.
+
+    Conformer i uses seed + i (``enableSequentialRandomSeeds``), so the result depends only on (mol, n, seed).
+    A failure gives zero conformers and a ``generation_error`` property instead of an exception.
+    """
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    params.enableSequentialRandomSeeds = True
+    params.numThreads = 1  # deterministic and polite on a shared CPU
+    with rdBase.BlockLogs():
+        ids = list(AllChem.EmbedMultipleConfs(out, numConfs=n, params=params))
+        if len(ids) < n:  # random-coordinate start rescues molecules where eigenvalue embedding fails
+            out.RemoveAllConformers()
+            params.useRandomCoords = True
+            ids = list(AllChem.EmbedMultipleConfs(out, numConfs=n, params=params))
+    if not ids:
+        out.SetProp("generation_error", "ETKDG could not embed any conformer")
+        return out
+    if mmff:
+        mmff_relax(out, max_iters=mmff_iters)
+    return out
+
+
+def mmff_relax(mol: Chem.Mol, max_iters: int = 2000) -> bool:
+    """MMFF94-minimise every conformer in place (Halgren 1996), energies in conformer prop ``mmff_energy``; False if unparameterised."""
+    # MMFF setup re-perceives aromaticity in place with its own model (2-pyridone loses its aromatic flags), which
+    # breaks later substructure matching (GetBestRMS) and SMILES comparison: minimise a copy, copy coordinates back.
+    work = Chem.Mol(mol)
+    if work.GetNumConformers() == 0 or not AllChem.MMFFHasAllMoleculeParams(work):
+        return False
+    results = AllChem.MMFFOptimizeMoleculeConfs(work, maxIters=max_iters, numThreads=1)
+    for conf, minimised, (_, energy) in zip(mol.GetConformers(), work.GetConformers(), results):
+        conf.SetPositions(minimised.GetPositions())
+        conf.SetDoubleProp("mmff_energy", float(energy))
+    return True
+
+
+def etkdg_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
+    """RDKit ETKDG baseline with the generator interface (mols in, mols with n conformers out)."""
+    return [etkdg_conformers(m, n, seed, mmff=False) for m in mols]
+
+
+def etkdg_mmff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
+    """RDKit ETKDG + MMFF94 baseline with the generator interface."""
+    return [etkdg_conformers(m, n, seed, mmff=True) for m in mols]
+
+
+BASELINES: dict[str, GenerateFn] = {"etkdg": etkdg_generator, "etkdg_mmff": etkdg_mmff_generator}
+
+
+# ----------------------------------------------------------------------------------------------- RMSD metrics
+
+
+def _heavy(mol: Chem.Mol) -> Chem.Mol:
+    """Heavy-atom copy for RMSD (GeoMol / Torsional Diffusion protocol)."""
+    return Chem.RemoveHs(mol, sanitize=False)
+
+
+def _best_rms(probe: Chem.Mol, ref: Chem.Mol, probe_id: int, ref_id: int) -> float:
+    """Symmetry-aware aligned RMSD; NaN when the graphs do not match. Aligns a copy, never the caller's conformer."""
+    try:
+        return float(rdMolAlign.GetBestRMS(Chem.Mol(probe, confId=probe_id), ref, -1, ref_id))
+    except RuntimeError as exc:  # "No sub-structure match found": a different molecule
+        log.warning("RMSD failed (%s): %s", ref.GetProp("_Name") if ref.HasProp("_Name") else "?", exc)
+        return float("nan")
+
+
+def rmsd_matrix(references: Chem.Mol, generated: Chem.Mol) -> np.ndarray:
+    """K x L heavy-atom symmetry-aware aligned RMSDs between reference and generated conformers (Ganea et al. 2021)."""
+    refs, gens = _heavy(references), _heavy(generated)
+    ref_ids = [c.GetId() for c in refs.GetConformers()]
+    gen_ids = [c.GetId() for c in gens.GetConformers()]
+    return np.array([[_best_rms(gens, refs, g, r) for g in gen_ids] for r in ref_ids], dtype=float).reshape(len(ref_ids), len(gen_ids))
+
+
+def coverage_metrics(rmsd: np.ndarray, deltas: Sequence[float]) -> dict[str, Any]:
+    """COV-R/AMR-R (over references) and COV-P/AMR-P (over generated) of one molecule's K x L matrix (Jing et al. 2022).
+
+    No generated conformers: COV-R 0 at every delta and AMR-R NaN (precision undefined: NaN).
+    """
+    k, l = rmsd.shape
+    rmsd = np.where(np.isnan(rmsd), np.inf, rmsd)  # a failed alignment covers nothing
+    if l == 0 or k == 0:
+        return {"cov_r": [0.0] * len(deltas), "amr_r": math.nan, "cov_p": [math.nan] * len(deltas), "amr_p": math.nan}
+    min_r, min_p = rmsd.min(axis=1), rmsd.min(axis=0)
+    finite_mean = lambda x: float(np.mean(x)) if np.isfinite(x).all() else math.nan  # noqa: E731
+    return {
+        "cov_r": [float(np.mean(min_r < d)) for d in deltas],
+        "amr_r": finite_mean(min_r),
+        "cov_p": [float(np.mean(min_p < d)) for d in deltas],
+        "amr_p": finite_mean(min_p),
+    }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    """Mean and median over molecules, ignoring NaN (AMR of a molecule without output); the count used is kept."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if not len(arr):
+        return {"mean": math.nan, "median": math.nan, "n": 0}
+    return {"mean": float(arr.mean()), "median": float(np.median(arr)), "n": int(len(arr))}
+
+
+def _name(mol: Chem.Mol | None, i: int) -> str:
+    return mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") else f"mol{i}"
+
+
+def _has_conformers(mol: Chem.Mol | None) -> bool:
+    return mol is not None and mol.GetNumConformers() > 0
+
+
+def evaluate_coverage(references: Sequence[Chem.Mol], generated: Sequence[Chem.Mol | None],
+                      deltas: Sequence[float] = DELTAS_QM9) -> dict[str, Any]:
+    """COV/AMR recall and precision over molecules (mean and median) with a delta sweep; missing outputs count as 0 coverage."""
+    if len(references) != len(generated):
+        raise ValueError(f"{len(references)} reference molecules but {len(generated)} generated entries")
+    per_molecule = []
+    for i, (ref, gen) in enumerate(zip(references, generated)):
+        matrix = rmsd_matrix(ref, gen) if _has_conformers(gen) else np.zeros((ref.GetNumConformers(), 0))
+        per_molecule.append({"name": _name(ref, i), "k": matrix.shape[0], "l": matrix.shape[1], **coverage_metrics(matrix, deltas)})
+    result: dict[str, Any] = {"deltas": list(deltas), "n_molecules": len(per_molecule),
+                              "missing": [m["name"] for m in per_molecule if m["l"] == 0]}
+    for key in ("cov_r", "cov_p"):
+        result[key] = {str(d): _stats([m[key][j] for m in per_molecule]) for j, d in enumerate(deltas)}
+    for key in ("amr_r", "amr_p"):
+        result[key] = _stats([m[key] for m in per_molecule])
+    result["per_molecule"] = per_molecule
+    return result
+
+
+def ground_state_rmsd(dft: Chem.Mol, generated: Chem.Mol | None) -> float:
+    """Min heavy-atom aligned RMSD between any generated conformer and the DFT ground state (inf without output)."""
+    if not _has_conformers(generated):
+        return math.inf
+    matrix = rmsd_matrix(dft, generated)
+    return float(np.nanmin(matrix)) if np.isfinite(matrix).any() else math.inf
+
+
+def evaluate_ground_state(dft: Sequence[Chem.Mol], generated: Sequence[Chem.Mol | None],
+                          thresholds: Sequence[float] = GROUND_STATE_THRESHOLDS) -> dict[str, Any]:
+    """Ground-state recovery on QM9 DFT geometries: median min RMSD and fraction below each threshold (missing = not recovered)."""
+    if len(dft) != len(generated):
+        raise ValueError(f"{len(dft)} DFT molecules but {len(generated)} generated entries")
+    rmsds = [ground_state_rmsd(d, g) for d, g in zip(dft, generated)]
+    arr = np.asarray(rmsds, dtype=float)
+    return {
+        "n_molecules": len(rmsds),
+        "median": float(np.median(arr)) if len(arr) else math.nan,  # inf for missing ones: they rank last
+        "mean_finite": float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else math.nan,
+        "fraction_below": {str(t): float(np.mean(arr < t)) if len(arr) else math.nan for t in thresholds},
+        "missing": [_name(d, i) for i, d in enumerate(dft) if not math.isfinite(rmsds[i])],
+        "per_molecule": {_name(d, i): rmsds[i] for i, d in enumerate(dft)},
+    }
+
+
+# ------------------------------------------------------------------------------------------ validity and energy
+
+
+def _posebusters_config() -> dict[str, Any]:
+    """PoseBusters' ``mol`` config with single-threaded energy-ratio ensembles (shared CPU, reproducible)."""
+    import yaml
+    from posebusters import posebusters as pb_module
+
+    with open(Path(pb_module.__file__).parent / "config" / "mol.yml", encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    for module in config["modules"]:
+        if module["function"] == "energy_ratio":
+            module.setdefault("parameters", {})["num_threads"] = 1
+    return config
+
+
+def _single_conformers(mols: Sequence[Chem.Mol | None]) -> list[Chem.Mol]:
+    """One single-conformer mol per generated conformer (PoseBusters checks the first conformer of each mol)."""
+    out = []
+    for i, mol in enumerate(mols):
+        for conf in (mol.GetConformers() if mol is not None else ()):
+            single = Chem.Mol(mol, confId=conf.GetId())
+            single.GetConformer().SetId(0)  # PoseBusters' energy check asks for conformer 0
+            single.SetProp("_Name", f"{_name(mol, i)}:{conf.GetId()}")
+            out.append(single)
+    return out
+
+
+def posebusters_checks(generated: Sequence[Chem.Mol | None]) -> dict[str, Any]:
+    """PoseBusters ``mol`` checks on every conformer (Buttenschoen et al. 2024): pass rate (all checks) and per-check rates.
+
+    A check that cannot run (NaN, e.g. no UFF parameters) counts as failed.
+    """
+    try:
+        from posebusters import PoseBusters
+    except ImportError as exc:
+        raise ImportError("PoseBusters checks need the posebusters package: pip install posebusters") from exc
+
+    singles = _single_conformers(generated)
+    if not singles:
+        return {"n_conformers": 0, "pass_rate": math.nan, "per_check": {}}
+    with rdBase.BlockLogs():
+        table = PoseBusters(config=_posebusters_config(), max_workers=0).bust(singles)
+    passed = table.astype("boolean").fillna(False).astype(bool)
+    return {"n_conformers": len(singles), "pass_rate": float(passed.all(axis=1).mean()),
+            "per_check": {column: float(passed[column].mean()) for column in passed.columns}}
+
+
+def stereo_preservation(generated: Sequence[Chem.Mol | None], inputs: Sequence[Chem.Mol]) -> dict[str, Any]:
+    """Fraction of conformers whose 3D-perceived centres and E/Z bonds match the input's, and of molecules with all right."""
+    per_conf, per_mol, wrong = [], [], []
+    for i, (gen, ref) in enumerate(zip(generated, inputs)):
+        if not _has_conformers(gen):
+            continue
+        reports = check_conformers(gen, ref)
+        per_conf += [r.ok for r in reports]
+        per_mol.append(all(r.ok for r in reports))
+        wrong += [f"{_name(ref, i)}: {r.describe()}" for r in reports if not r.ok]
+    return {"conformer_rate": float(np.mean(per_conf)) if per_conf else math.nan,
+            "molecule_rate": float(np.mean(per_mol)) if per_mol else math.nan, "wrong": wrong}
+
+
+def _xtb_calculator(mol: Chem.Mol, positions: np.ndarray):
+    """A silent GFN2-xTB calculator (Bannwarth et al. 2019) from tblite; positions in Angstrom."""
+    try:
+        from tblite.interface import Calculator
+    except ImportError as exc:
+        raise ImportError("GFN2-xTB energies need the tblite package: pip install tblite") from exc
+
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    calc = Calculator("GFN2-xTB", numbers, positions * BOHR_PER_ANGSTROM, charge=float(Chem.GetFormalCharge(mol)))
+    calc.set("verbosity", 0)
+    return calc
+
+
+def xtb_energy(mol: Chem.Mol, conf_id: int = -1) -> float:
+    """GFN2-xTB total energy of one conformer, kcal/mol."""
+    calc = _xtb_calculator(mol, mol.GetConformer(conf_id).GetPositions())
+    return float(calc.singlepoint().get("energy")) * HARTREE_TO_KCAL
+
+
+def xtb_relax(mol: Chem.Mol, conf_id: int = -1, steps: int = 100, gtol: float = 5e-4) -> float:
+    """L-BFGS minimisation of one conformer on the GFN2-xTB surface, in place; returns the final energy (kcal/mol).
+
+    ``gtol`` in Hartree/Bohr; ``steps`` bounds the cost (a few steps already remove most strain).
+    """
+    from scipy.optimize import minimize
+
+    conf = mol.GetConformer(conf_id)
+    start = conf.GetPositions() * BOHR_PER_ANGSTROM
+    calc = _xtb_calculator(mol, conf.GetPositions())
+
+    def energy_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
+        calc.update(positions=x.reshape(-1, 3))
+        result = calc.singlepoint()
+        return float(result.get("energy")), np.asarray(result.get("gradient")).ravel()
+
+    fit = minimize(energy_and_gradient, start.ravel(), jac=True, method="L-BFGS-B",
+                   options={"maxiter": steps, "gtol": gtol})
+    for i, p in enumerate(fit.x.reshape(-1, 3) / BOHR_PER_ANGSTROM):
+        conf.SetAtomPosition(i, p.tolist())
+    return float(fit.fun) * HARTREE_TO_KCAL
+
+
+def xtb_strain(generated: Sequence[Chem.Mol | None], steps: int = 100, max_conformers: int | None = None) -> dict[str, Any]:
+    """GFN2-xTB strain E(conformer) - E(relaxed) in kcal/mol over conformers (relaxed on copies); mean and median."""
+    strains = []
+    for mol in generated:
+        for conf in list(mol.GetConformers() if _has_conformers(mol) else ())[:max_conformers]:
+            single = Chem.Mol(mol, confId=conf.GetId())
+            before = xtb_energy(single)
+            strains.append(before - xtb_relax(single, steps=steps))
+    return {"n_conformers": len(strains), **_stats(strains)}
+
+
+# ------------------------------------------------------------------------------------------------- run + report
+
+
+@dataclass
+class Timed:
+    """Generated mols (aligned with the inputs) and the time it took, wall and CPU."""
+
+    mols: list[Chem.Mol | None]
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def conformers(self) -> int:
+        return sum(m.GetNumConformers() for m in self.mols if m is not None)
+
+
+def run_generator(generate_fn: GenerateFn, mols: Sequence[Chem.Mol], n: int | Sequence[int], seed: int = 0,
+                  batch_size: int = 32, **options: Any) -> Timed:
+    """Call a generator on consecutive batches of equal n; a failing batch is retried molecule by molecule (failures -> None)."""
+    counts = [n] * len(mols) if isinstance(n, int) else list(n)
+    out: list[Chem.Mol | None] = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    start = 0
+    while start < len(mols):
+        stop = start + 1
+        while stop < len(mols) and stop - start < batch_size and counts[stop] == counts[start]:
+            stop += 1
+        out += generate_batch(generate_fn, list(mols[start:stop]), counts[start], seed, **options)
+        start = stop
+    return Timed(out, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def generate_batch(generate_fn: GenerateFn, mols: list[Chem.Mol], n: int, seed: int, **options: Any) -> list[Chem.Mol | None]:
+    """Call generate_fn on a batch; when it raises, retry molecule by molecule so only the breaking one fails (None)."""
+    try:
+        out = list(generate_fn(mols, n, seed, **options))
+        if len(out) != len(mols):
+            raise ValueError(f"generator returned {len(out)} molecules for {len(mols)} inputs")
+        return out
+    except GenerationUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolate the molecule that breaks the batch
+        if len(mols) == 1:
+            log.warning("generation failed for %s: %s", _name(mols[0], 0), exc)
+            return [None]
+        return [m for mol in mols for m in generate_batch(generate_fn, [mol], n, seed, **options)]
+
+
+def evaluate_method(method: str, generate_fn: GenerateFn, inputs: Sequence[Chem.Mol], n: int | Sequence[int],
+                    seed: int = 0, dft: Sequence[Chem.Mol] | None = None, references: Sequence[Chem.Mol] | None = None,
+                    deltas: Sequence[float] = DELTAS_QM9, posebusters: bool = True, strain_steps: int = 0,
+                    batch_size: int = 32, skipped: Sequence[Any] = (), **options: Any) -> dict[str, Any]:
+    """Generate for ``inputs`` and score: ground state (``dft``), coverage (``references``), PoseBusters, stereo, speed, strain."""
+    timed = run_generator(generate_fn, inputs, n, seed, batch_size, **options)
+    result: dict[str, Any] = {
+        "method": method, "seed": seed, "n_molecules": len(inputs),
+        "conformers": timed.conformers, "wall_s": timed.wall_s, "cpu_s": timed.cpu_s,
+        "conformers_per_s": timed.conformers / timed.wall_s if timed.wall_s else math.nan,
+        "conformers_per_cpu_s": timed.conformers / timed.cpu_s if timed.cpu_s else math.nan,
+        "no_output": [_name(m, i) for i, m in enumerate(inputs) if not _has_conformers(timed.mols[i])],
+        "skipped_inputs": [getattr(s, "name", str(s)) + ": " + getattr(s, "reason", "") for s in skipped],
+        "stereo": stereo_preservation(timed.mols, inputs),
+    }
+    if dft is not None:
+        result["ground_state"] = evaluate_ground_state(dft, timed.mols)
+    if references is not None:
+        result["coverage"] = evaluate_coverage(references, timed.mols, deltas)
+    if posebusters:
+        result["posebusters"] = posebusters_checks(timed.mols)
+    if strain_steps:
+        result["xtb_strain"] = xtb_strain(timed.mols, steps=strain_steps)
+    result["summary"] = _summary(result)
+    return result
+
+
+def _summary(result: Mapping[str, Any]) -> dict[str, float | int | str]:
+    """The flat row that compare_table prints."""
+    row: dict[str, Any] = {"method": result["method"], "mols": result["n_molecules"],
+                           "confs": result["conformers"], "no output": len(result["no_output"])}
+    if "ground_state" in result:
+        gs = result["ground_state"]
+        row["GS median A"] = gs["median"]
+        row.update({f"GS <{t}": v for t, v in gs["fraction_below"].items()})
+    if "coverage" in result:
+        cov = result["coverage"]
+        headline = str(0.75 if 0.75 in cov["deltas"] and 0.5 not in cov["deltas"] else 0.5)
+        if headline in cov["cov_r"]:
+            row[f"COV-R@{headline} mean/med"] = f"{cov['cov_r'][headline]['mean']:.3f}/{cov['cov_r'][headline]['median']:.3f}"
+            row[f"COV-P@{headline} mean/med"] = f"{cov['cov_p'][headline]['mean']:.3f}/{cov['cov_p'][headline]['median']:.3f}"
+        row["AMR-R mean/med"] = f"{cov['amr_r']['mean']:.3f}/{cov['amr_r']['median']:.3f}"
+        row["AMR-P mean/med"] = f"{cov['amr_p']['mean']:.3f}/{cov['amr_p']['median']:.3f}"
+    if "posebusters" in result:
+        row["PB pass"] = result["posebusters"]["pass_rate"]
+    row["stereo ok"] = result["stereo"]["conformer_rate"]
+    if "xtb_strain" in result:
+        row["xTB strain med"] = result["xtb_strain"]["median"]
+    row["conf/s"] = result["conformers_per_s"]
+    row["conf/cpu-s"] = result["conformers_per_cpu_s"]
+    return row
+
+
+def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """One markdown table of the results' summary rows, side by side (columns: the union, in first-seen order)."""
+    rows = [r["summary"] if "summary" in r else r for r in results]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_results(path: str | Path, results: Any) -> Path:
+    """Write results as JSON atomically (non-finite floats as null)."""
+    from scidiff.core.checkpoint import atomic_write
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    text = json.dumps(clean(results), indent=1)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
