@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_envs)
     from .mol.cli import add_commands as add_mol_commands
 
-    p = sub.add_parser("mol", help="molecules: build conformer training sets")
+    p = sub.add_parser("mol", help="molecules: generate and evaluate conformers, build training sets")
     add_mol_commands(p.add_subparsers(dest="mol_command", required=True))
     p.set_defaults(func=_mol)
     from .policy.cli import add_commands as add_policy_commands

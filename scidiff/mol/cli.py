@@ -32,6 +32,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0, help="ETKDG seed (default 0)")
     build.add_argument("--no-mmff", action="store_true", help="keep ETKDG geometries without MMFF94 minimisation")
     build.set_defaults(mol_run=_run_build)
+    from .commands import add_evaluate_command, add_generate_command
+
+    add_generate_command(subparsers)
+    add_evaluate_command(subparsers)
 
 
 def run(args: argparse.Namespace) -> int:
