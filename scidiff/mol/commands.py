@@ -9,6 +9,7 @@ the still-wrong conformers (bounded) -> stereo-checked incremental SDF write (io
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -50,9 +51,30 @@ REFERENCE_SETS = {
 RESAMPLE_SEED_STRIDE = 1_000_003  # resampling round r uses seed + r * stride: deterministic, away from the first draws
 
 
-def scidiff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **options: Any) -> list[Chem.Mol]:
-    """The trained scidiff model as a generator; placeholder until scidiff/mol/generate.py is connected."""
-    raise GenerationUnavailable("scidiff model generation not yet available: use --method etkdg or etkdg_mmff for now")
+@functools.lru_cache(maxsize=4)
+def _cached_model(checkpoint: str | None, device: str):
+    """Load the conformer model once per (weights, device): the bundled weights unless a checkpoint is given."""
+    from .generate import bundled_weights, load_model
+
+    try:
+        return load_model(checkpoint or bundled_weights(), device)
+    except FileNotFoundError as err:
+        raise GenerationUnavailable(str(err)) from None
+
+
+def scidiff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, *, sampler: str | None = None,
+                      steps: int | None = None, device: str | None = None, checkpoint: str | None = None,
+                      **_: Any) -> list[Chem.Mol]:
+    """The trained scidiff model as a generator (its run's sampler unless --sampler/--steps override it)."""
+    from scidiff.core.config import SamplerSpec
+
+    from .generate import model_generate_fn
+
+    model, diffusion, spec = _cached_model(checkpoint, device or "cpu")
+    if sampler is not None or steps is not None:
+        spec = SamplerSpec(sampler or spec.name, steps or spec.steps,
+                           spec.options if sampler in (None, spec.name) else {})
+    return model_generate_fn(model, diffusion, spec)(mols, n, seed)
 
 
 def get_generator(method: str) -> GenerateFn:
