@@ -56,6 +56,23 @@ def _same_stereo(mol: Chem.Mol, conf_id: int, reference: str) -> bool:
     return Chem.MolToSmiles(Chem.RemoveHs(copy)) == reference
 
 
+def mmff_relax(mol: Chem.Mol, max_iters: int = 2000, energy_prop: str = "mmff_energy") -> list[tuple[int, float]] | None:
+    """MMFF94-minimise every conformer (Halgren 1996), energies (kcal/mol) in ``energy_prop``; None if unparameterised.
+
+    Returns RDKit's (not_converged, energy) per conformer.
+    """
+    # MMFF set-up re-perceives aromaticity in place with its own model (2-pyridone loses its aromatic flags), which
+    # would change the graph's features and break substructure matching: minimise a copy, copy coordinates back.
+    work = Chem.Mol(mol)
+    if work.GetNumConformers() == 0 or not AllChem.MMFFHasAllMoleculeParams(work):
+        return None
+    results = AllChem.MMFFOptimizeMoleculeConfs(work, maxIters=max_iters, numThreads=1)
+    for conf, minimised, (_, energy) in zip(mol.GetConformers(), work.GetConformers(), results):
+        conf.SetPositions(minimised.GetPositions())
+        conf.SetDoubleProp(energy_prop, float(energy))
+    return results
+
+
 def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: bool = True,
                      name: str | None = None, mmff_iters: int = 2000) -> Chem.Mol:
     """ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020), MMFF94-minimised (Halgren 1996), stereo-checked.
@@ -76,17 +93,16 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
         ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=num_conformers, params=params))
     if not ids:
         raise MoleculeError(label, "ETKDG could not embed any conformer")
-    energies = [float("nan")] * len(ids)
     if mmff:
-        if not AllChem.MMFFHasAllMoleculeParams(mol):
+        results = mmff_relax(mol, mmff_iters, energy_prop="energy")
+        if results is None:
             raise MoleculeError(label, "MMFF94 has no parameters for some atom types (pass mmff=False to keep ETKDG geometries)")
-        results = AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=mmff_iters)
-        energies = [energy for _, energy in results]
         unconverged = sum(not_converged for not_converged, _ in results)
         if unconverged:
             log.debug("%s: %d conformers did not converge in %d MMFF iterations", label, unconverged, mmff_iters)
-    for conf_id, energy in zip(ids, energies):
-        mol.GetConformer(conf_id).SetDoubleProp("energy", energy)
+    else:
+        for conf_id in ids:
+            mol.GetConformer(conf_id).SetDoubleProp("energy", float("nan"))
     for conf_id in [c for c in ids if not _same_stereo(mol, c, reference)]:
         mol.RemoveConformer(conf_id)
     if mol.GetNumConformers() == 0:

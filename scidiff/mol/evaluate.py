@@ -22,6 +22,7 @@ import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem, rdMolAlign
 
+from .datasets import mmff_relax
 from .stereo import check_conformers
 
 __all__ = [
@@ -95,20 +96,6 @@ def etkdg_conformers(mol: Chem.Mol, n: int, seed: int = 0, mmff: bool = False, m
     if mmff:
         mmff_relax(out, max_iters=mmff_iters)
     return out
-
-
-def mmff_relax(mol: Chem.Mol, max_iters: int = 2000) -> bool:
-    """MMFF94-minimise every conformer in place (Halgren 1996), energies in conformer prop ``mmff_energy``; False if unparameterised."""
-    # MMFF setup re-perceives aromaticity in place with its own model (2-pyridone loses its aromatic flags), which
-    # breaks later substructure matching (GetBestRMS) and SMILES comparison: minimise a copy, copy coordinates back.
-    work = Chem.Mol(mol)
-    if work.GetNumConformers() == 0 or not AllChem.MMFFHasAllMoleculeParams(work):
-        return False
-    results = AllChem.MMFFOptimizeMoleculeConfs(work, maxIters=max_iters, numThreads=1)
-    for conf, minimised, (_, energy) in zip(mol.GetConformers(), work.GetConformers(), results):
-        conf.SetPositions(minimised.GetPositions())
-        conf.SetDoubleProp("mmff_energy", float(energy))
-    return True
 
 
 def etkdg_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:

@@ -111,3 +111,17 @@ def test_read_qm9_without_data_names_the_expected_path(monkeypatch, tmp_path):
         read_qm9("test")
     with pytest.raises(ValueError, match="split must be one of train, test"):
         read_qm9("valid")
+
+
+def test_mmff_keeps_the_input_graph_aromatic():
+    """MMFF set-up kekulises 2-pyridone in place; the minimised conformers must keep the SMILES graph's features."""
+    from scidiff.mol.datasets import embed_conformers
+    from scidiff.mol.featurize import mol_from_smiles
+
+    smiles = "O=c1cccc[nH]1"
+    mol = embed_conformers(smiles, num_conformers=2, seed=0)
+    reference = mol_from_smiles(smiles)
+    assert [a.GetIsAromatic() for a in mol.GetAtoms()] == [a.GetIsAromatic() for a in reference.GetAtoms()]
+    assert any(a.GetIsAromatic() for a in mol.GetAtoms())
+    assert [b.GetBondType() for b in mol.GetBonds()] == [b.GetBondType() for b in reference.GetBonds()]
+    assert all(conf.HasProp("energy") for conf in mol.GetConformers())
