@@ -73,6 +73,22 @@ def mmff_relax(mol: Chem.Mol, max_iters: int = 2000, energy_prop: str = "mmff_en
     return results
 
 
+def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0) -> list[int]:
+    """Embed n ETKDGv3 conformers into mol in place (Riniker & Landrum 2015; Wang et al. 2020); returns their ids."""
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
+    params.enableSequentialRandomSeeds = True
+    params.numThreads = 1
+    with rdBase.BlockLogs():
+        ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+        if len(ids) < n:  # random-coordinate starts rescue molecules where eigenvalue embedding fails
+            mol.RemoveAllConformers()
+            params.useRandomCoords = True
+            ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+    return ids
+
+
 def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: bool = True,
                      name: str | None = None, mmff_iters: int = 2000) -> Chem.Mol:
     """ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020), MMFF94-minimised (Halgren 1996), stereo-checked.
@@ -85,12 +101,7 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
     mol = mol_from_smiles(smiles, name=name)
     label = mol.GetProp("_Name")
     reference = Chem.MolToSmiles(Chem.RemoveHs(mol))
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
-    params.enableSequentialRandomSeeds = True
-    with rdBase.BlockLogs():
-        ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=num_conformers, params=params))
+    ids = etkdg_embed(mol, num_conformers, seed)
     if not ids:
         raise MoleculeError(label, "ETKDG could not embed any conformer")
     if mmff:

@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from rdkit import Chem, rdBase
-from rdkit.Chem import AllChem, rdMolAlign
+from rdkit.Chem import rdMolAlign
 
-from .datasets import mmff_relax
+from .datasets import etkdg_embed, mmff_relax
 from .stereo import check_conformers
 
 __all__ = [
@@ -80,16 +80,7 @@ def etkdg_conformers(mol: Chem.Mol, n: int, seed: int = 0, mmff: bool = False, m
     """
     out = Chem.Mol(mol)
     out.RemoveAllConformers()
-    params = AllChem.ETKDGv3()
-    params.randomSeed = seed
-    params.enableSequentialRandomSeeds = True
-    params.numThreads = 1  # deterministic and polite on a shared CPU
-    with rdBase.BlockLogs():
-        ids = list(AllChem.EmbedMultipleConfs(out, numConfs=n, params=params))
-        if len(ids) < n:  # random-coordinate start rescues molecules where eigenvalue embedding fails
-            out.RemoveAllConformers()
-            params.useRandomCoords = True
-            ids = list(AllChem.EmbedMultipleConfs(out, numConfs=n, params=params))
+    ids = etkdg_embed(out, n, seed)
     if not ids:
         out.SetProp("generation_error", "ETKDG could not embed any conformer")
         return out
