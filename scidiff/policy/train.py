@@ -29,7 +29,8 @@ def _buffer_keys(obs_keys: list[str], action_key: str) -> list[str]:
 
 
 def load_buffer(data: dict[str, Any], out_dir: str | Path):
-    """The demonstrations of the ``data`` section: 'pusht' human data, or 'expert' episodes recorded once and cached."""
+    """The demonstrations of the ``data`` section: 'pusht' human data, 'expert' episodes recorded once and cached, or
+    'zarr', any replay-buffer zarr of the user's."""
     from envs.replay_buffer import ReplayBuffer
 
     keys = _buffer_keys(list(data["obs_keys"]), data["action_key"])
@@ -47,7 +48,13 @@ def load_buffer(data: dict[str, Any], out_dir: str | Path):
             buffer, _ = collect_episodes(data["env"], int(data["episodes"]), seed=int(data["seed"]))
             buffer.save(path)  # cached so a resumed run trains on exactly the same episodes
         return ReplayBuffer.load(path, keys=keys)
-    raise ValueError(f"data.source: unknown {source!r}; choose 'pusht' (human demonstrations) or 'expert' (scripted)")
+    if source == "zarr":
+        # Users' own demonstrations: any replay-buffer zarr (data/<key> arrays + meta/episode_ends), path as given.
+        return ReplayBuffer.load(Path(str(data["path"])).expanduser(), keys=keys)
+    raise ValueError(
+        f"data.source: unknown {source!r}; choose 'pusht' (human demonstrations under the data root), "
+        "'expert' (scripted, recorded once) or 'zarr' (your own replay-buffer zarr at data.path)"
+    )
 
 
 def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int) -> DiffusionPolicy:

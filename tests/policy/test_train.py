@@ -92,3 +92,21 @@ def test_normalizers_fit_on_training_episodes_only(tmp_path):
     rows = train_set.episode_rows()
     np.testing.assert_allclose(result.model.obs_normalizer.hi.numpy(), train_set.obs[rows].max(0))
     assert val_set.episode_mask.sum() == 1 and not (train_set.episode_mask & val_set.episode_mask).any()
+
+
+def test_own_demonstrations_train_from_a_zarr_path(tmp_path):
+    """data.source=zarr reads any replay-buffer zarr (the user's own demonstrations); a wrong path names itself."""
+    from envs.collect import collect_episodes
+
+    buffer, _ = collect_episodes("scidiff/Particle-v0", 6, seed=3)
+    buffer.save(tmp_path / "my_demos.zarr")
+    cfg = particle_config(tmp_path / "run", **{"data.source": "zarr", "data.path": str(tmp_path / "my_demos.zarr"),
+                                                "trainer.max_steps": 2})
+    assert policy_train.train_from_config(cfg).step == 2
+    assert not (tmp_path / "run" / "expert_data.zarr").exists()  # nothing recorded: the user's data was used
+    cfg["data"]["path"] = str(tmp_path / "missing.zarr")
+    with pytest.raises(FileNotFoundError, match="missing.zarr"):
+        policy_train.load_buffer(cfg["data"], tmp_path)
+    cfg["data"]["source"] = "hdf5"
+    with pytest.raises(ValueError, match="data.source: unknown 'hdf5'"):
+        policy_train.load_buffer(cfg["data"], tmp_path)
