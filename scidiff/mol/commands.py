@@ -20,7 +20,8 @@ from rdkit import Chem
 
 from .evaluate import (BASELINES, DELTAS_DRUGS, DELTAS_QM9, GenerateFn, GenerationUnavailable, compare_table,
                        evaluate_method, generate_batch, mmff_relax, save_results, xtb_relax)
-from .io import ConformerRecord, ConformerWriter, InputRecord, WriteReport, iter_inputs, read_conformers
+from .io import (ConformerRecord, ConformerWriter, InputRecord, WriteReport, iter_inputs, read_conformers,
+                 record_from_mol, record_from_smiles)
 from .stereo import conformers_to_resample, fix_conformers, remove_conformers
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "get_generator",
     "relax_conformers",
     "GenerateSummary",
+    "Outcome",
+    "generate_outcomes",
+    "generate_mols",
     "generate",
     "add_generate_command",
     "add_evaluate_command",
@@ -159,54 +163,109 @@ def _complete(generate_fn: GenerateFn, record: InputRecord, mol: Chem.Mol | None
     return mol, missing
 
 
-def generate(inputs: str | Path | Iterable[InputRecord], output: str | Path, n: int = 10, method: str = "etkdg",
-             generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32, relax: str = "none",
-             max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
-             id_column: str | None = None, **options: Any) -> GenerateSummary:
-    """Generate n conformers per input molecule and write them to an SDF; the Python face of ``scidiff mol generate``.
+@dataclass
+class Outcome:
+    """One input after the pipeline: its record, the stereo-correct mol (None on failure), why it failed, and how
+    many requested conformers are missing because their stereo could not be fixed."""
+
+    record: InputRecord
+    mol: Chem.Mol | None
+    error: str | None = None
+    stereo_missing: int = 0
+
+
+def _records(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], smiles_column: str | None,
+             id_column: str | None) -> Iterator[InputRecord]:
+    """Input records from a path or SMILES string (``iter_inputs``) or from an iterable of records, mols or SMILES."""
+    if isinstance(inputs, (str, Path)):
+        yield from iter_inputs(inputs, smiles_column, id_column)
+        return
+    for index, item in enumerate(inputs):
+        if isinstance(item, InputRecord):
+            yield item
+        elif isinstance(item, str):
+            yield record_from_smiles(index, item, None, f"input {index}", None)
+        else:
+            yield record_from_mol(index, item)
+
+
+def generate_outcomes(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], n: int = 10,
+                      method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0,
+                      batch_size: int = 32, relax: str = "none", max_resample: int = 2,
+                      smiles_column: str | None = None, id_column: str | None = None,
+                      **options: Any) -> Iterator[Outcome]:
+    """The generation pipeline, one Outcome per input in input order (lazily, batch by batch).
 
     Deterministic per (seed, batch_size): batch b gets seed + index of its first molecule. ``options`` (sampler,
-    steps, device, ...) go to the generator and, with the other settings, into every SDF record.
+    steps, device, checkpoint) go to the generator.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if relax not in RELAXATIONS:
         raise ValueError(f"relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
     generate_fn = generate_fn or get_generator(method)
-    records = iter_inputs(inputs, smiles_column, id_column) if isinstance(inputs, (str, Path)) else iter(inputs)
+    for batch in _batches(_records(inputs, smiles_column, id_column), batch_size):
+        good = [r for r in batch if r.ok]
+        mols = generate_batch(generate_fn, [r.mol for r in good], n, seed + batch[0].index, **options) if good else []
+        results = dict(zip((r.index for r in good), mols))
+        for record in batch:
+            if not record.ok:
+                yield Outcome(record, None, record.error or "unreadable input")
+                continue
+            mol, missing = _complete(generate_fn, record, results[record.index], n, seed + batch[0].index, relax,
+                                     max_resample, options)
+            if mol is None or mol.GetNumConformers() == 0:
+                reason = (mol.GetProp("generation_error") if mol is not None and mol.HasProp("generation_error")
+                          else f"every conformer had wrong stereo after {max_resample} resampling rounds" if missing
+                          else "no conformer generated")
+                yield Outcome(record, None, reason, missing)
+                continue
+            mol.SetProp("_Name", record.name)
+            yield Outcome(record, mol, None, missing)
+
+
+def generate_mols(inputs: str | Path | Iterable[Chem.Mol | str], n: int = 10, method: str = "etkdg",
+                        **options: Any) -> list[Chem.Mol | None]:
+    """Molecules (or SMILES, or a path) in, RDKit molecules with n stereo-checked conformers out (None where an
+    input failed; the reason is logged). Same options and behaviour as ``generate`` without the SDF."""
+    out: list[Chem.Mol | None] = []
+    for outcome in generate_outcomes(inputs, n, method, **options):
+        if outcome.error:
+            log.warning("input %d (%s): %s", outcome.record.index, outcome.record.name, outcome.error)
+        out.append(outcome.mol)
+    return out
+
+
+def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output: str | Path, n: int = 10,
+             method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32,
+             relax: str = "none", max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
+             id_column: str | None = None, **options: Any) -> GenerateSummary:
+    """Generate n conformers per input molecule and write them to an SDF; the Python face of ``scidiff mol generate``.
+
+    Records are written as each batch finishes, so a crash keeps what was done; ``options`` and the other settings
+    go into every SDF record.
+    """
     settings = {"method": method, "seed": seed, "relaxation": relax, "batch_size": batch_size,
                 **{k: v for k, v in options.items() if v is not None}}
     summary = GenerateSummary(Path(output))
+    outcomes = generate_outcomes(inputs, n, method, generate_fn, seed, batch_size, relax, max_resample,
+                                 smiles_column, id_column, **options)
     from tqdm import tqdm
 
     with ConformerWriter(output, settings) as writer, tqdm(disable=not progress, unit="mol", desc="generate") as bar:
-        for batch in _batches(records, batch_size):
-            good = [r for r in batch if r.ok]
-            mols = generate_batch(generate_fn, [r.mol for r in good], n, seed + batch[0].index, **options) if good else []
-            results = dict(zip((r.index for r in good), mols))
-            for record in batch:
-                summary.total += 1
-                if not record.ok:
-                    summary.failed.append((record.index, record.name, record.error or "unreadable input"))
-                    log.info("skipped input %d (%s): %s", record.index, record.name, record.error)
-                    continue
-                mol, missing = _complete(generate_fn, record, results[record.index], n, seed + batch[0].index, relax,
-                                         max_resample, options)
-                if missing:
-                    summary.stereo_dropped.append((record.index, record.name, missing))
-                if mol is None or mol.GetNumConformers() == 0:
-                    reason = (mol.GetProp("generation_error") if mol is not None and mol.HasProp("generation_error")
-                              else f"every conformer had wrong stereo after {max_resample} resampling rounds" if missing
-                              else "no conformer generated")
-                    summary.failed.append((record.index, record.name, reason))
-                    log.info("failed input %d (%s): %s", record.index, record.name, reason)
-                    continue
-                mol.SetProp("_Name", record.name)
-                if writer.write(ConformerRecord(record.index, record.name, mol, record.mol)):
-                    summary.succeeded += 1
-                else:
-                    summary.failed.append((record.index, record.name, "every conformer refused by the stereo check"))
-            bar.update(len(batch))
+        for outcome in outcomes:
+            record = outcome.record
+            summary.total += 1
+            bar.update(1)
+            if outcome.stereo_missing:
+                summary.stereo_dropped.append((record.index, record.name, outcome.stereo_missing))
+            if outcome.mol is None:
+                summary.failed.append((record.index, record.name, outcome.error))
+                log.info("failed input %d (%s): %s", record.index, record.name, outcome.error)
+            elif writer.write(ConformerRecord(record.index, record.name, outcome.mol, record.mol)):
+                summary.succeeded += 1
+            else:
+                summary.failed.append((record.index, record.name, "every conformer refused by the stereo check"))
     summary.written = writer.report
     return summary
 

@@ -34,6 +34,8 @@ __all__ = [
     "ID_COLUMNS",
     "read_inputs",
     "iter_inputs",
+    "record_from_smiles",
+    "record_from_mol",
     "write_conformers",
     "read_conformers",
 ]
@@ -104,7 +106,8 @@ def _parse_reason(reason: str, smiles: str) -> str:
     return f"bad SMILES {smiles!r} ({detail or 'syntax error'})"
 
 
-def _record_from_smiles(index: int, smiles: str, name: str | None, where: str, line: int | None) -> InputRecord:
+def record_from_smiles(index: int, smiles: str, name: str | None, where: str, line: int | None) -> InputRecord:
+    """The input record of one SMILES; a parse or validation failure becomes the record's error, prefixed by ``where``."""
     label = name or smiles
     try:
         with rdBase.BlockLogs():  # the reason goes into the record; RDKit's own log lines would only repeat it
@@ -181,7 +184,7 @@ def _iter_smiles_file(path: Path, smiles_column: str | None, id_column: str | No
             if not smiles:
                 yield InputRecord(index, name or f"line {line_no}", None, f"line {line_no}: no SMILES in column {smiles_at + 1}", line_no)
             else:
-                yield _record_from_smiles(index, smiles, name, f"line {line_no}", line_no)
+                yield record_from_smiles(index, smiles, name, f"line {line_no}", line_no)
             index += 1
 
 
@@ -208,14 +211,18 @@ def _iter_sdf(path: Path) -> Iterator[InputRecord]:
                 reason = log_capture.messages.strip().splitlines()[-1:] or ["unreadable record"]
                 yield InputRecord(index, f"mol{index}", None, f"{where}: unreadable SDF record ({reason[0].split('] ', 1)[-1]})", line)
                 continue
-            title = raw.GetProp("_Name").strip() if raw.HasProp("_Name") else ""
-            name = title or f"mol{index}"
-            try:
-                mol = prepare_mol(raw, name=name)
-            except MoleculeError as exc:
-                yield InputRecord(index, name, None, f"{where}: {exc.reason}", line)
-                continue
-            yield InputRecord(index, name, mol, None, line)
+            yield record_from_mol(index, raw, where, line)
+
+
+def record_from_mol(index: int, mol: Chem.Mol, where: str | None = None, line: int | None = None) -> InputRecord:
+    """The input record of an RDKit molecule (title as id, else mol<index>); a validation failure becomes its error."""
+    title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+    name = title or f"mol{index}"
+    try:
+        prepared = prepare_mol(mol, name=name)
+    except MoleculeError as exc:
+        return InputRecord(index, name, None, f"{where or f'input {index}'}: {exc.reason}", line)
+    return InputRecord(index, name, prepared, None, line)
 
 
 def _open_binary(path: Path):
@@ -235,7 +242,7 @@ def iter_inputs(source: str | Path, smiles_column: str | None = None, id_column:
         else:
             yield from _iter_smiles_file(path, smiles_column, id_column)
         return
-    yield _record_from_smiles(0, str(source).strip(), None, "SMILES argument", None)
+    yield record_from_smiles(0, str(source).strip(), None, "SMILES argument", None)
 
 
 def read_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None) -> list[InputRecord]:

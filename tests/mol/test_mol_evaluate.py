@@ -10,7 +10,7 @@ import pytest
 from rdkit import Chem
 
 from scidiff.mol.chem import mol_from_smiles
-from scidiff.mol.commands import add_evaluate_command, add_generate_command, generate
+from scidiff.mol.commands import add_evaluate_command, add_generate_command, generate, generate_mols
 from scidiff.mol.evaluate import (compare_table, coverage_metrics, etkdg_generator, etkdg_mmff_generator, evaluate_coverage,
                                   evaluate_ground_state, evaluate_method, posebusters_checks, rmsd_matrix,
                                   save_results, xtb_strain)
@@ -135,6 +135,23 @@ def test_generate_resamples_wrong_stereo_and_reports_bad_inputs(tmp_path):
     written = list(Chem.SDMolSupplier(str(tmp_path / "out.sdf"), removeHs=False))
     assert [(m.GetProp("_Name"), m.GetIntProp("input_index")) for m in written] == [("thr", 0)] * 2 + [("CCO", 2)] * 2
     assert written[0].GetIntProp("steps") == 5 and written[0].GetProp("relaxation") == "none"
+
+
+def test_python_api_returns_stereo_checked_molecules_in_input_order(tmp_path):
+    """Molecules or SMILES in, RDKit molecules with conformers out; a bad input is None, the rest complete."""
+    from scidiff.mol.stereo import signature_from_3d, stereo_signature
+
+    lactic = Chem.MolFromSmiles("C[C@@H](O)C(=O)O")
+    lactic.SetProp("_Name", "L-lactic")
+    out = generate_mols([lactic, "C1CC", "C/C=C/Cl"], n=3, generate_fn=etkdg_generator, seed=1)
+    assert out[1] is None and [m.GetNumConformers() for m in (out[0], out[2])] == [3, 3]
+    assert out[0].GetProp("_Name") == "L-lactic" and out[0].GetNumAtoms() == 12  # explicit hydrogens added
+    for mol, smiles in ((out[0], "C[C@@H](O)C(=O)O"), (out[2], "C/C=C/Cl")):
+        reference = stereo_signature(mol_from_smiles(smiles))
+        for conf in mol.GetConformers():
+            assert signature_from_3d(mol, conf.GetId()) == reference
+    again = generate_mols([lactic, "C1CC", "C/C=C/Cl"], n=3, generate_fn=etkdg_generator, seed=1)
+    assert np.array_equal(again[0].GetConformer(0).GetPositions(), out[0].GetConformer(0).GetPositions())
 
 
 def run_cli(argv):
