@@ -21,6 +21,7 @@ from rdkit.Chem import AllChem, rdDetermineBonds
 from scidiff.data import data_path
 
 from .chem import MoleculeError, mol_from_smiles, prepare_mol
+from .stereo import check_stereo, stereo_signature
 
 __all__ = ["Skipped", "Built", "embed_conformers", "build_conformers", "mol_from_xyz", "read_qm9",
            "write_sdf_conformers", "read_sdf_conformers"]
@@ -47,13 +48,6 @@ class Built:
 
     def summary(self) -> str:
         return f"{len(self.molecules)} built, {len(self.skipped)} skipped"
-
-
-def _same_stereo(mol: Chem.Mol, conf_id: int, reference: str) -> bool:
-    """Whether the stereo perceived from conformer conf_id gives the reference isomeric SMILES."""
-    copy = Chem.Mol(mol, confId=conf_id)
-    Chem.AssignStereochemistryFrom3D(copy, confId=-1)
-    return Chem.MolToSmiles(Chem.RemoveHs(copy)) == reference
 
 
 def mmff_relax(mol: Chem.Mol, max_iters: int = 2000, energy_prop: str = "mmff_energy") -> list[tuple[int, float]] | None:
@@ -94,13 +88,13 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
     """ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020), MMFF94-minimised (Halgren 1996), stereo-checked.
 
     Energies (kcal/mol) go to the conformer property ``energy``; conformers whose 3D stereo no longer matches
-    the SMILES are dropped. Raises MoleculeError when nothing usable is left.
+    the SMILES's specified centres and double bonds are dropped (unspecified ones are left as embedded). Raises MoleculeError when nothing usable is left.
     """
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be >= 1, got {num_conformers}")
     mol = mol_from_smiles(smiles, name=name)
     label = mol.GetProp("_Name")
-    reference = Chem.MolToSmiles(Chem.RemoveHs(mol))
+    reference = stereo_signature(mol)  # only specified centres/bonds: unspecified ones may come out either way
     ids = etkdg_embed(mol, num_conformers, seed)
     if not ids:
         raise MoleculeError(label, "ETKDG could not embed any conformer")
@@ -114,7 +108,7 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
     else:
         for conf_id in ids:
             mol.GetConformer(conf_id).SetDoubleProp("energy", float("nan"))
-    for conf_id in [c for c in ids if not _same_stereo(mol, c, reference)]:
+    for conf_id in [c for c in ids if not check_stereo(mol, c, reference).ok]:
         mol.RemoveConformer(conf_id)
     if mol.GetNumConformers() == 0:
         raise MoleculeError(label, "every conformer lost the input stereo during embedding or minimisation")
