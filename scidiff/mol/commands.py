@@ -225,7 +225,7 @@ def generate_outcomes(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str
 
 
 def generate_mols(inputs: str | Path | Iterable[Chem.Mol | str], n: int = 10, method: str = "etkdg",
-                        **options: Any) -> list[Chem.Mol | None]:
+                  **options: Any) -> list[Chem.Mol | None]:
     """Molecules (or SMILES, or a path) in, RDKit molecules with n stereo-checked conformers out (None where an
     input failed; the reason is logged). Same options and behaviour as ``generate`` without the SDF."""
     out: list[Chem.Mol | None] = []

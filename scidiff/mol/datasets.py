@@ -88,7 +88,8 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
     """ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020), MMFF94-minimised (Halgren 1996), stereo-checked.
 
     Energies (kcal/mol) go to the conformer property ``energy``; conformers whose 3D stereo no longer matches
-    the SMILES's specified centres and double bonds are dropped (unspecified ones are left as embedded). Raises MoleculeError when nothing usable is left.
+    the SMILES's specified centres and double bonds are dropped (unspecified ones are left as embedded).
+    Raises MoleculeError when nothing usable is left.
     """
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be >= 1, got {num_conformers}")
