@@ -20,8 +20,8 @@ from rdkit import Chem
 
 from .evaluate import (BASELINES, DELTAS_DRUGS, DELTAS_QM9, GenerateFn, GenerationUnavailable, compare_table,
                        evaluate_method, generate_batch, mmff_relax, save_results, xtb_relax)
-from .io import (ConformerRecord, ConformerWriter, InputRecord, WriteReport, iter_inputs, read_conformers,
-                 record_from_mol, record_from_smiles)
+from .io import (SDF_SUFFIXES, ConformerRecord, ConformerWriter, InputRecord, WriteReport, format_suffix, iter_inputs,
+                 read_conformers, read_inputs, record_from_mol, record_from_smiles)
 from .stereo import conformers_to_resample, fix_conformers, remove_conformers
 
 __all__ = [
@@ -332,7 +332,10 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                     "geom-qm9 / geom-drugs / PATH.sdf: COV/AMR recall and precision with 2K conformers for K "
                     "references (locally built xTB-refined RDKit ensembles, not GEOM/CREST). Plus PoseBusters, "
                     "stereo preservation, speed and optional GFN2-xTB strain.")
-    p.add_argument("--reference", default="qm9-dft", help=f"{', '.join(REFERENCE_SETS)} or a reference .sdf grouped by mol_id")
+    p.add_argument("--reference", default="qm9-dft",
+                   help=f"{', '.join(REFERENCE_SETS)}, a reference .sdf grouped by mol_id, or a SMILES table "
+                        "(.smi/.csv: PoseBusters, stereo and speed only)")
+    p.add_argument("--smiles-column", default=None, help="SMILES column of a --reference table with a header")
     p.add_argument("--method", nargs="+", choices=METHODS, default=["etkdg", "etkdg_mmff"], help="generators to compare")
     p.add_argument("--generated", type=Path, nargs="*", default=[], help="also score these generated SDFs (matched by SMILES)")
     p.add_argument("-n", "--num-conformers", type=int, default=None,
@@ -351,8 +354,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     return p
 
 
-def load_reference_set(reference: str, limit: int | None = None) -> dict[str, Any]:
-    """Inputs and references of an evaluation set: {inputs, dft | references, deltas, counts, skipped, label}."""
+def load_reference_set(reference: str, limit: int | None = None, smiles_column: str | None = None) -> dict[str, Any]:
+    """Inputs and references of an evaluation set: {inputs, dft | references (neither for a SMILES table), deltas,
+    skipped, label}."""
     from scidiff.data import data_path
 
     from .chem import MoleculeError, mol_from_smiles
@@ -365,7 +369,12 @@ def load_reference_set(reference: str, limit: int | None = None) -> dict[str, An
     relative, deltas = REFERENCE_SETS.get(reference, (None, DELTAS_DRUGS if "drugs" in reference.lower() else DELTAS_QM9))
     path = data_path(relative) if relative else Path(reference)
     if not path.is_file():
-        raise FileNotFoundError(f"no reference SDF at {path}")
+        raise FileNotFoundError(f"no reference file at {path}")
+    if format_suffix(path) not in SDF_SUFFIXES:  # a SMILES table: inputs only, scored for validity, stereo and speed
+        records = read_inputs(path, smiles_column)[:limit]
+        return {"inputs": [r.mol for r in records if r.ok], "deltas": deltas,
+                "skipped": [Skipped(f"line {r.line} ({r.name})", r.error) for r in records if not r.ok],
+                "label": f"{path.name} (SMILES only: validity, stereo and speed, no reference geometry)"}
     refs = read_conformers(path, group_by="mol_id")[:limit]
     inputs, kept, skipped = [], [], []
     for ref in refs:
@@ -404,7 +413,7 @@ def _file_generator(path: Path) -> GenerateFn:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate``: one result per method / file, a comparison table on stdout, optional JSON."""
-    data = load_reference_set(args.reference, args.limit)
+    data = load_reference_set(args.reference, args.limit, args.smiles_column)
     if "references" in data:
         counts = [2 * ref.GetNumConformers() for ref in data["references"]] if args.num_conformers is None \
             else args.num_conformers

@@ -38,6 +38,8 @@ __all__ = [
     "record_from_mol",
     "write_conformers",
     "read_conformers",
+    "format_suffix",
+    "SDF_SUFFIXES",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     return gzip.open(path, "rt") if path.suffix == ".gz" else open(path, newline="")
 
 
-def _base_suffix(path: Path) -> str:
+def format_suffix(path: Path) -> str:
     """The format suffix, looking through a trailing .gz."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -161,7 +163,7 @@ def _header_columns(fields: list[str], smiles_column: str | None, id_column: str
 
 def _iter_smiles_file(path: Path, smiles_column: str | None, id_column: str | None) -> Iterator[InputRecord]:
     """Records of a SMILES table: 'SMILES [id]' per line (space, tab or comma), optional header, '#' comments."""
-    suffix = _base_suffix(path)
+    suffix = format_suffix(path)
     index, delimiter, columns = 0, None, None
     with _open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -232,7 +234,7 @@ def _open_binary(path: Path):
 def iter_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None) -> Iterator[InputRecord]:
     """Input records from a SMILES string, a .smi/.csv/.tsv/.txt table (optionally .gz) or an .sdf file, in input order."""
     path = Path(source)
-    suffix = _base_suffix(path)
+    suffix = format_suffix(path)
     looks_like_file = suffix in SMILES_SUFFIXES + SDF_SUFFIXES
     if isinstance(source, Path) or looks_like_file or path.is_file():
         if not path.is_file():

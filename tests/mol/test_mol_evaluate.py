@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import numpy as np
@@ -208,3 +209,17 @@ def test_mmff_baseline_keeps_the_input_graph_flags():
     assert [b.GetIsAromatic() for b in relaxed.GetBonds()] == [b.GetIsAromatic() for b in mol.GetBonds()]
     assert relaxed.GetConformer(0).HasProp("mmff_energy")
     assert np.isfinite(rmsd_matrix(etkdg_generator([mol], 1, seed=1)[0], relaxed)).all()
+
+
+def test_evaluate_on_a_smiles_table_scores_validity_and_names_bad_lines(tmp_path, capsys):
+    table = tmp_path / "mine.csv"
+    table.write_text("smiles,id\nC[C@H](N)C(=O)O,L-ala\nC1CC,broken\nOC(=O)/C=C/C(=O)O,fumaric\n")
+    out = tmp_path / "result.json"
+    assert run_cli(["evaluate", "--reference", str(table), "--method", "etkdg", "-n", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 molecules, 1 skipped" in printed and "GS median" not in printed  # no reference geometry: no RMSD columns
+    result = json.loads(out.read_text())["results"][0]
+    assert result["conformers"] == 4 and result["stereo"]["conformer_rate"] == 1.0
+    assert result["posebusters"]["pass_rate"] == 1.0
+    assert len(result["skipped_inputs"]) == 1 and "line 3 (broken)" in result["skipped_inputs"][0]
+    assert "unclosed ring" in result["skipped_inputs"][0]
