@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from rdkit import Chem
 from .evaluate import (BASELINES, DELTAS_DRUGS, DELTAS_QM9, GenerateFn, GenerationUnavailable, compare_table,
                        evaluate_method, generate_batch, mmff_relax, save_results, xtb_relax)
 from .io import (SDF_SUFFIXES, ConformerRecord, ConformerWriter, InputRecord, WriteReport, format_suffix, iter_inputs,
-                 read_conformers, read_inputs, record_from_mol, record_from_smiles)
+                 read_conformers, record_from_mol, record_from_smiles)
 from .stereo import conformers_to_resample, fix_conformers, remove_conformers
 
 __all__ = [
@@ -371,7 +372,7 @@ def load_reference_set(reference: str, limit: int | None = None, smiles_column: 
     if not path.is_file():
         raise FileNotFoundError(f"no reference file at {path}")
     if format_suffix(path) not in SDF_SUFFIXES:  # a SMILES table: inputs only, scored for validity, stereo and speed
-        records = read_inputs(path, smiles_column)[:limit]
+        records = list(itertools.islice(iter_inputs(path, smiles_column), limit))  # parse only the lines used
         return {"inputs": [r.mol for r in records if r.ok], "deltas": deltas,
                 "skipped": [Skipped(f"line {r.line} ({r.name})", r.error) for r in records if not r.ok],
                 "label": f"{path.name} (SMILES only: validity, stereo and speed, no reference geometry)"}
