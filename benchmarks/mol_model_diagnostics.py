@@ -26,8 +26,9 @@ from scidiff.core.prediction import x0_denoiser
 from scidiff.mol.commands import get_generator
 from scidiff.mol.datasets import mmff_relax, read_qm9
 from scidiff.mol.evaluate import ground_state_rmsd, xtb_relax
-from scidiff.mol.featurize import featurize, remove_mean
+from scidiff.mol.featurize import remove_mean
 from scidiff.mol.generate import bundled_weights, load_model
+from scidiff.mol.train import ConformerDataset
 
 SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -46,12 +47,8 @@ def force_field_floor(mols: list[Chem.Mol], relax) -> np.ndarray:
 def loss_by_sigma(checkpoint: str, mols: list[Chem.Mol], seed: int = 0) -> dict[float, float]:
     """EDM-normalised denoising error of the model at each fixed noise level, on the molecules' DFT geometries."""
     model, diffusion, _ = load_model(checkpoint)
-    graphs = []
-    for mol in mols:
-        graph = featurize(mol)
-        graph.pos = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float32)
-        graphs.append(graph)
-    batch = Batch.from_data_list(graphs, exclude_keys=["name", "smiles"])
+    dataset = ConformerDataset.from_molecules(mols)
+    batch = Batch.from_data_list([dataset[i] for i in range(len(dataset))], exclude_keys=["name", "smiles"])
     x0 = remove_mean(batch.pos, batch.batch)
     denoise = x0_denoiser(lambda x, t: model(x, t, batch), diffusion.process, diffusion.prediction)
     sigma_data = diffusion.process.sigma_data
