@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the ids)
+from envs.episode import play_episode
 from envs.experts import ParticleExpert, particle_mode_average
 
 
@@ -20,16 +21,12 @@ def evaluate(policy, episodes: int, reset_policy=None) -> tuple[np.ndarray, np.n
     env = gym.make("scidiff/Particle-v0")
     success, first, length = [], [], []
     for seed in range(episodes):
-        obs, _ = env.reset(seed=seed)
         if reset_policy is not None:
             reset_policy(seed)
-        steps, done = 0, False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy(obs))
-            steps, done = steps + 1, terminated or truncated
-        success.append(info["is_success"])
-        first.append(info["first_goal"])
-        length.append(steps)
+        episode = play_episode(env, policy, seed=seed)
+        success.append(episode.info["is_success"])
+        first.append(episode.info["first_goal"])
+        length.append(len(episode.actions))
     return np.array(success), np.array(first), np.array(length)
 
 

@@ -22,12 +22,12 @@ import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
 
-from scidiff.core.prediction import x0_denoiser
-from scidiff.mol.commands import get_generator
-from scidiff.mol.datasets import mmff_relax, read_qm9
-from scidiff.mol.evaluate import ground_state_rmsd, xtb_relax
+from scidiff.mol.evaluate import ground_state_rmsd
 from scidiff.mol.featurize import remove_mean
+from scidiff.mol.forcefield import mmff_relax, xtb_relax
 from scidiff.mol.generate import bundled_weights, load_model
+from scidiff.mol.io import read_qm9
+from scidiff.mol.pipeline import get_generator
 from scidiff.mol.train import ConformerDataset
 
 SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -50,7 +50,7 @@ def loss_by_sigma(checkpoint: str, mols: list[Chem.Mol], seed: int = 0) -> dict[
     dataset = ConformerDataset.from_molecules(mols)
     batch = Batch.from_data_list([dataset[i] for i in range(len(dataset))], exclude_keys=["name", "smiles"])
     x0 = remove_mean(batch.pos, batch.batch)
-    denoise = x0_denoiser(lambda x, t: model(x, t, batch), diffusion.process, diffusion.prediction)
+    denoise = diffusion.denoiser(lambda x, t: model(x, t, batch))
     sigma_data = diffusion.process.sigma_data
     result = {}
     for sigma in SIGMAS:

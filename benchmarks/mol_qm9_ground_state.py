@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from scidiff.mol.commands import METHODS, get_generator
-from scidiff.mol.datasets import read_qm9
 from scidiff.mol.evaluate import compare_table, evaluate_method, save_results
+from scidiff.mol.io import read_qm9
+from scidiff.mol.pipeline import METHODS, get_generator
 
 
 def main(argv: list[str] | None = None) -> int:

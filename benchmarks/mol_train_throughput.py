@@ -31,9 +31,11 @@ def _measure(atoms: int, model_name: str, max_nodes: int, repeats: int, queue) -
 
     from torch_geometric.data import Batch
 
-    from scidiff.core.config import build_diffusion, compose, to_container
-    from scidiff.mol.datasets import embed_conformers
-    from scidiff.mol.train import ConformerDataset, build_model, conformer_loss
+    from scidiff.core import build_diffusion
+    from scidiff.core.config import compose, to_container
+    from scidiff.mol.build import embed_conformers
+    from scidiff.mol.denoiser import build_model
+    from scidiff.mol.train import ConformerDataset, conformer_loss
 
     cfg = to_container(compose(["experiment=mol_qm9", f"model={model_name}"]))
     mol = embed_conformers("C" * ALKANE_CARBONS[atoms], num_conformers=4, seed=0)

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
+from .episode import play_episode
 from .experts import Expert, make_expert
 from .replay_buffer import ReplayBuffer
 
@@ -28,16 +29,13 @@ def _as_step_arrays(obs: Any) -> dict[str, np.ndarray]:
 
 def run_episode(env: gym.Env, expert: Expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
     """One expert episode from reset(seed): per-step observations (before acting) and actions, and its success."""
-    obs, info = env.reset(seed=seed)
     expert.reset(seed=seed)
-    steps: list[dict[str, np.ndarray]] = []
-    terminated = truncated = False
-    while not (terminated or truncated):
-        action = expert(obs)
-        steps.append({**_as_step_arrays(obs), "action": np.asarray(action)})
-        obs, _, terminated, truncated, info = env.step(action)
+    played = play_episode(env, expert, seed=seed)
+    # zip leaves out the final observation: no action was taken from it.
+    steps = [{**_as_step_arrays(obs), "action": np.asarray(action)}
+             for obs, action in zip(played.observations, played.actions)]
     episode = {key: np.stack([step[key] for step in steps]) for key in steps[0]}
-    return episode, bool(info.get("is_success", terminated))
+    return episode, bool(played.info.get("is_success", played.terminated))
 
 
 def collect_episodes(

@@ -12,6 +12,8 @@ import gymnasium as gym
 import imageio.v2 as imageio
 import numpy as np
 
+from .episode import play_episode
+
 __all__ = ["rollout_frames", "replay_frames", "tile_episodes", "write_video"]
 
 
@@ -26,16 +28,7 @@ def rollout_frames(
     """RGB frames of one episode of `policy(obs) -> action` in `env` (made with render_mode='rgb_array')."""
     if env.render_mode != "rgb_array":
         raise ValueError(f"rollout_frames needs an env made with render_mode='rgb_array', got {env.render_mode!r}")
-    obs, _ = env.reset(seed=seed, options=options)
-    frames = [env.render()]
-    steps = 0
-    while max_steps is None or steps < max_steps:
-        obs, _, terminated, truncated, _ = env.step(policy(obs))
-        frames.append(env.render())
-        steps += 1
-        if terminated or truncated:
-            break
-    return frames
+    return play_episode(env, policy, seed=seed, options=options, max_steps=max_steps, render=True).frames
 
 
 def replay_frames(

@@ -108,9 +108,7 @@ def mixture_from_config(cfg: dict) -> GaussianMixture:
 
 def train_from_config(cfg: dict):
     """Fit an MLP denoiser to samples of the configured mixture with the shared training loop."""
-    from .core.config import build_diffusion
-    from .core.loss import diffusion_loss
-    from .core.trainer import TrainConfig, train
+    from .core import TrainConfig, build_diffusion, train
 
     diffusion = build_diffusion(cfg["process"])
     trainer_cfg = TrainConfig.from_mapping(cfg["trainer"])
@@ -119,17 +117,16 @@ def train_from_config(cfg: dict):
     model = MLPDenoiser(**cfg["model"])
 
     def loss_fn(net: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return diffusion_loss(net, batch, diffusion.process, diffusion.prediction, diffusion.weighting,
-                              generator=generator, min_snr_gamma=diffusion.min_snr_gamma)
+        return diffusion.loss(net, batch, generator=generator)
 
     return train(model, data, loss_fn, trainer_cfg, run_config=cfg)
 
 
 def load_toy_model(path: str) -> tuple[MLPDenoiser, dict]:
     """The EMA denoiser and run config from a toy run's model.safetensors."""
-    from .core.checkpoint import load_inference
+    from .core import load_run
 
-    state, cfg = load_inference(path)
+    state, cfg = load_run(path, "toy")
     model = MLPDenoiser(**cfg["model"])
     model.load_state_dict(state)
     return model.eval(), cfg

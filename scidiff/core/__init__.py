@@ -1,5 +1,8 @@
 """The shared diffusion core: noise processes, parameterisations, samplers, loss and the training loop."""
 
+from .checkpoint import load_run
+from .config import build_diffusion, build_sampler
+from .diffusion import Diffusion, SamplerSpec
 from .loss import diffusion_loss
 from .prediction import (
     PREDICTIONS,
@@ -35,8 +38,10 @@ from .samplers import (
     sample_euler,
     sample_heun,
 )
+from .trainer import TrainConfig, train
 
 __all__ = [
+    "Diffusion", "SamplerSpec", "build_diffusion", "build_sampler", "load_run", "TrainConfig", "train",
     "diffusion_loss", "PREDICTIONS", "WEIGHTINGS", "append_dims", "check_prediction", "edm_scalings",
     "loss_weight", "network_forward", "prediction_target", "prediction_to_x0", "x0_denoiser",
     "EDM", "Flow", "NoiseProcess", "VPDiscrete", "alphas_cumprod_from_betas", "cosine_betas", "linear_betas",

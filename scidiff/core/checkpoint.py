@@ -17,7 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["atomic_write", "save_training_state", "load_training_state", "save_inference", "load_inference"]
+__all__ = ["atomic_write", "save_training_state", "load_training_state", "save_inference", "load_inference", "load_run",
+           "check_task"]
 
 CONFIG_KEY = "scidiff_config"
 
@@ -65,3 +66,18 @@ def load_inference(path: str | Path, device: str | torch.device = "cpu") -> tupl
     if CONFIG_KEY not in metadata:
         raise ValueError(f"{path} has no '{CONFIG_KEY}' metadata: not a scidiff inference file")
     return state, json.loads(metadata[CONFIG_KEY])
+
+
+def check_task(path: str | Path, config: dict[str, Any], task: str) -> None:
+    """Raise a ValueError naming both tasks unless the run config read from ``path`` is of ``task``."""
+    found = config.get("task")
+    if found != task:
+        raise ValueError(f"{path} holds weights of task {found!r}, not {task!r}")
+
+
+def load_run(path: str | Path, task: str,
+             device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a run's inference file like load_inference, refusing one whose config is of another task."""
+    state, config = load_inference(path, device)
+    check_task(path, config, task)
+    return state, config

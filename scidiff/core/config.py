@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .diffusion import Diffusion, SamplerSpec
 from .prediction import check_prediction
 from .process import (
     EDM,
@@ -18,10 +18,9 @@ from .process import (
     linear_betas,
     polynomial_alphas_cumprod,
 )
-from .samplers import SAMPLERS, SampleResult, check_sampler, sample
+from .samplers import SAMPLERS, check_sampler
 
-__all__ = ["Diffusion", "SamplerSpec", "build_diffusion", "build_process", "build_sampler", "compose", "config_dir",
-           "to_container"]
+__all__ = ["build_diffusion", "build_process", "build_sampler", "compose", "config_dir", "to_container"]
 
 _HOOKS = {"generator", "project", "pin"}
 
@@ -67,16 +66,6 @@ def build_process(cfg: Mapping[str, Any]) -> NoiseProcess:
     raise ValueError(f"process.name: unknown process {name!r}; choose vp, edm or flow")
 
 
-@dataclass(frozen=True)
-class Diffusion:
-    """A noise process with the network's parameterisation and the loss weighting."""
-
-    process: NoiseProcess
-    prediction: str
-    weighting: str = "none"
-    min_snr_gamma: float = 5.0
-
-
 def build_diffusion(cfg: Mapping[str, Any]) -> Diffusion:
     """Process, prediction and weighting from the ``process`` section, checked for compatibility."""
     process = build_process(cfg)
@@ -87,18 +76,6 @@ def build_diffusion(cfg: Mapping[str, Any]) -> Diffusion:
     except ValueError as err:  # name the config section, not just the concept
         raise ValueError(f"process.{err}") from None
     return Diffusion(process, prediction, weighting, float(cfg.get("min_snr_gamma", 5.0)))
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A named sampler with its step count and options; ``run`` draws samples with it."""
-
-    name: str
-    steps: int
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def run(self, denoise, shape: tuple[int, ...], process: NoiseProcess, **kwargs) -> SampleResult:
-        return sample(denoise, shape, process, self.name, self.steps, **self.options, **kwargs)
 
 
 def build_sampler(cfg: Mapping[str, Any]) -> SamplerSpec:

@@ -1,7 +1,31 @@
-"""Molecules: RDKit validation (chem), graphs (featurize), the chirality-aware e3nn denoiser (denoiser), conformer data
-(datasets: builders and readers; build: leakage-free training lists and sharded builds), training (train), sampling
-(generate) and the ``scidiff mol`` commands (cli).
+"""Molecules: 3D conformers (hydrogens included, stereo kept) for any input molecule.
 
-Submodules are imported explicitly (``from scidiff.mol.featurize import featurize``) so that RDKit-only work,
-such as conformer-building worker processes, does not pay for importing torch and e3nn.
+Modules, bottom to top (each imports only those before it):
+
+    chem, stereo        RDKit primitives: prepare / validate a molecule, the Failure record; stereo signatures
+    io, forcefield      every file format (SMILES tables, the conformer SDF, QM9 npz); ETKDG, MMFF94, GFN2-xTB
+    featurize           prepared molecule -> graph with stereo encodings
+    denoiser            the chirality-aware e3nn denoiser (build_model)
+    generate            sampling conformers with a trained model
+    pipeline            read -> generate -> relax -> stereo check / fix / resample -> write; the generator registry
+    evaluate            metrics and reference sets
+    cli                 ``scidiff mol generate | evaluate | build``
+    build, train        training side: leakage-free SMILES lists and conformer sets; ``scidiff train experiment=mol_*``
+
+This package exports the torch-free API; the model modules (featurize, denoiser, generate, train) are imported
+explicitly, so RDKit-only work such as conformer-building worker processes never pays for torch and e3nn.
 """
+
+from .chem import Built, Failure, MoleculeError, mol_from_smiles, prepare_mol
+from .forcefield import RELAXATIONS, etkdg_conformers, mmff_relax, relax_conformers, xtb_relax
+from .io import InputRecord, read_conformers, read_inputs, read_qm9, write_conformers
+from .pipeline import GENERATORS, METHODS, GenerationUnavailable, generate, generate_mols, generate_outcomes, get_generator
+from .stereo import check_conformers, check_stereo, fix_conformers, stereo_signature
+
+__all__ = [
+    "Built", "Failure", "MoleculeError", "mol_from_smiles", "prepare_mol",
+    "RELAXATIONS", "etkdg_conformers", "mmff_relax", "relax_conformers", "xtb_relax",
+    "InputRecord", "read_conformers", "read_inputs", "read_qm9", "write_conformers",
+    "GENERATORS", "METHODS", "GenerationUnavailable", "generate", "generate_mols", "generate_outcomes", "get_generator",
+    "check_conformers", "check_stereo", "fix_conformers", "stereo_signature",
+]

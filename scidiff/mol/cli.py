@@ -1,7 +1,9 @@
-"""Command line for molecules (mounted as ``scidiff mol``): ``build`` makes conformer training sets.
+"""Command line for molecules (mounted as ``scidiff mol``): ``generate`` conformers, ``evaluate`` generators against
+reference sets, ``build`` conformer training sets. All argparse of ``scidiff mol`` lives here; the work is done by
+``pipeline``, ``evaluate`` and ``build``.
 
-Each subcommand registers itself in ``add_commands`` with ``set_defaults(mol_run=handler)``; add new ones
-(generate, evaluate) the same way.
+Each subcommand registers itself in ``add_commands`` with ``set_defaults(mol_run=handler)``; add new ones the same way.
+Nothing here imports torch: the scidiff generator loads the model when it first runs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["add_commands", "run", "main"]
+from .build import SOURCES, build_shards, read_smiles_file
+from .evaluate import compare_table, evaluate_method, file_generator, load_reference_set, save_results
+from .forcefield import RELAXATIONS
+from .pipeline import METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
+
+__all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -32,10 +39,111 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0, help="ETKDG seed (default 0)")
     build.add_argument("--no-mmff", action="store_true", help="keep ETKDG geometries without MMFF94 minimisation")
     build.set_defaults(mol_run=_run_build)
-    from .commands import add_evaluate_command, add_generate_command
-
     add_generate_command(subparsers)
     add_evaluate_command(subparsers)
+
+
+def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``generate`` (INPUT -n N -o OUT.sdf) to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "generate", help="generate 3D conformers (explicit H) for SMILES / .smi / .csv / .sdf input into an SDF",
+        description="One SDF record per conformer, named by the input id, with input_index, conf_id and the settings "
+                    "used. Stereo of every conformer is checked against the input (mirror fix, bounded resampling); "
+                    "wrong ones are never written. Exit status 1 only when nothing could be generated.")
+    p.add_argument("input", help="a SMILES string, or a .smi/.csv/.tsv/.txt (optionally .gz) or .sdf file")
+    p.add_argument("-n", "--num-conformers", type=int, default=10, help="conformers per molecule (default 10)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .sdf (written atomically)")
+    p.add_argument("--method", choices=METHODS, default="etkdg", help="generator (default etkdg)")
+    p.add_argument("--sampler", default=None, help="scidiff sampler (model only), e.g. ddim, heun")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model only)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed and batch size -> same output")
+    p.add_argument("--batch-size", type=int, default=32, help="molecules per generator call (default 32)")
+    p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu, cuda")
+    p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff (default: the bundled ones)")
+    p.add_argument("--relax", choices=RELAXATIONS, default="none", help="post-relaxation (default none)")
+    p.add_argument("--max-resample", type=int, default=2, help="resampling rounds for conformers with wrong stereo")
+    p.add_argument("--smiles-column", default=None, help="SMILES column name of a table with a header")
+    p.add_argument("--id-column", default=None, help="id column name of a table with a header")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(mol_run=run_generate)
+    return p
+
+
+def run_generate(args: argparse.Namespace, generate_fn: GenerateFn | None = None) -> int:
+    """Run ``generate`` from parsed arguments; prints failures and the 'N/M molecules succeeded' line."""
+    try:
+        summary = _generate_from_args(args, generate_fn)
+    except GenerationUnavailable as exc:
+        print(f"scidiff: error: {exc}", file=sys.stderr)
+        return 2
+    for failure in summary.failed:
+        print(f"failed: {failure.describe()}", file=sys.stderr)
+    for failure in summary.stereo_dropped:
+        print(f"stereo: {failure.describe()}", file=sys.stderr)
+    print(summary.line())
+    return 0 if summary.succeeded else 1
+
+
+def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None) -> GenerateSummary:
+    return generate(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
+                    seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
+                    progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
+                    sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint)
+
+
+def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``evaluate`` (methods or a generated SDF against a reference set) to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "evaluate", help="score generators side by side: ground state vs QM9 DFT, COV/AMR vs reference ensembles",
+        description="qm9-dft: min heavy-atom RMSD to the QM9 DFT geometry (test split), -n conformers each. "
+                    "geom-qm9 / geom-drugs / PATH.sdf: COV/AMR recall and precision with 2K conformers for K "
+                    "references (locally built xTB-refined RDKit ensembles, not GEOM/CREST). Plus PoseBusters, "
+                    "stereo preservation, speed and optional GFN2-xTB strain.")
+    p.add_argument("--reference", default="qm9-dft",
+                   help="qm9-dft, geom-qm9, geom-drugs, a reference .sdf grouped by mol_id, or a SMILES table "
+                        "(.smi/.csv: PoseBusters, stereo and speed only)")
+    p.add_argument("--smiles-column", default=None, help="SMILES column of a --reference table with a header")
+    p.add_argument("--method", nargs="+", choices=METHODS, default=["etkdg", "etkdg_mmff"], help="generators to compare")
+    p.add_argument("--generated", type=Path, nargs="*", default=[], help="also score these generated SDFs (matched by SMILES)")
+    p.add_argument("-n", "--num-conformers", type=int, default=None,
+                   help="conformers per molecule (default: 5 for qm9-dft, 2K for ensembles)")
+    p.add_argument("--limit", type=int, default=None, help="first N molecules of the reference set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff")
+    p.add_argument("--no-posebusters", action="store_true", help="skip the PoseBusters checks")
+    p.add_argument("--strain-steps", type=int, default=0, help="GFN2-xTB relaxation steps for strain (0: off; slow)")
+    p.add_argument("--json", type=Path, default=None, help="write every result (per molecule too) here")
+    p.set_defaults(mol_run=run_evaluate)
+    return p
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``evaluate``: one result per method / file, a comparison table on stdout, optional JSON."""
+    data = load_reference_set(args.reference, args.limit, args.smiles_column)
+    if "references" in data:
+        counts = [2 * ref.GetNumConformers() for ref in data["references"]] if args.num_conformers is None \
+            else args.num_conformers
+    else:
+        counts = args.num_conformers or 5
+    options = {k: v for k in ("sampler", "steps", "device", "checkpoint") if (v := getattr(args, k)) is not None}
+    runs = [(m, get_generator(m)) for m in args.method] + [(str(p), file_generator(p)) for p in args.generated]
+    results = []
+    for name, fn in runs:
+        results.append(evaluate_method(name, fn, data["inputs"], counts, seed=args.seed, dft=data.get("dft"),
+                                       references=data.get("references"), deltas=data["deltas"],
+                                       posebusters=not args.no_posebusters, strain_steps=args.strain_steps,
+                                       batch_size=args.batch_size, skipped=data["skipped"], **options))
+    for result in results[len(args.method):]:  # read from a file: generation speed was not measured
+        result["summary"]["conf/s"] = result["summary"]["conf/cpu-s"] = float("nan")
+    print(f"reference: {data['label']}; {len(data['inputs'])} molecules, {len(data['skipped'])} skipped")
+    print(compare_table(results))
+    if args.json:
+        save_results(args.json, {"reference": data["label"], "results": results})
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _items(sources: list[str], limit: int | None) -> list[tuple[str, str]]:
-    from .build import SOURCES, read_smiles_file
-
     items: list[tuple[str, str]] = []
     for source in sources:
         if source in SOURCES:
@@ -58,8 +164,6 @@ def _items(sources: list[str], limit: int | None) -> list[tuple[str, str]]:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from .build import build_shards
-
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # per-molecule skips are logged as warnings
     items = _items(args.source, args.limit)
     report = build_shards(items, args.out, num_conformers=args.conformers, shard_size=args.shard_size,

@@ -39,7 +39,7 @@ from scidiff.core.nn import sinusoidal_embedding
 
 from .featurize import EDGE_DIM, NODE_DIM, remove_mean
 
-__all__ = ["DenoiserConfig", "ConformerDenoiser", "TensorProductConv", "EquivariantRMSNorm",
+__all__ = ["DenoiserConfig", "ConformerDenoiser", "build_model", "TensorProductConv", "EquivariantRMSNorm",
            "molecule_edges", "all_pairs", "chirality_agreement"]
 
 
@@ -262,3 +262,12 @@ class ConformerDenoiser(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def build_model(model_cfg: dict) -> ConformerDenoiser:
+    """The denoiser of a ``model`` config section (fields of DenoiserConfig; ``name`` is ignored)."""
+    fields = {k: v for k, v in model_cfg.items() if k != "name"}
+    try:
+        return ConformerDenoiser(DenoiserConfig(**fields))
+    except TypeError as exc:
+        raise ValueError(f"model: {exc}") from None

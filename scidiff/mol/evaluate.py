@@ -1,41 +1,39 @@
-"""Conformer-generation evaluation for any generator, and the RDKit baselines it is compared with.
+"""Conformer-generation evaluation of any registered generator: metrics and the reference sets they are scored on.
 
 Metrics (functions take RDKit mols with conformers, so scidiff and RDKit run through the same code):
 - COV/AMR recall and precision over a delta sweep (GeoMol, Ganea et al. 2021; Torsional Diffusion, Jing et al.
   2022): K x L heavy-atom symmetry-aware aligned RMSDs (``rdMolAlign.GetBestRMS`` on ``RemoveHs`` copies);
 - ground-state recovery: min heavy-atom RMSD of a generated set to the QM9 DFT geometry;
 - PoseBusters ``mol`` checks (Buttenschoen et al. 2024), stereo preservation, optional GFN2-xTB strain, speed.
-A molecule without output counts as 0 coverage / not recovered and is listed, never dropped.
+A molecule without output counts as 0 coverage / not recovered and is listed, never dropped. Generators are those of
+``pipeline.GENERATORS`` (RDKit's baselines too), scored on their raw output, plus conformers read from a generated SDF.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import rdMolAlign
 
-from .datasets import etkdg_embed, mmff_relax
+from scidiff.data import data_path
+
+from .chem import Failure, MoleculeError, display_name as _name, mol_from_smiles
+from .forcefield import xtb_energy, xtb_relax
+from .io import SDF_SUFFIXES, format_suffix, iter_inputs, read_conformers, read_qm9
+from .pipeline import GenerateFn, run_generator
 from .stereo import check_conformers
 
 __all__ = [
-    "GenerateFn",
-    "GenerationUnavailable",
-    "HARTREE_TO_KCAL",
     "DELTAS_QM9",
     "DELTAS_DRUGS",
-    "etkdg_conformers",
-    "etkdg_generator",
-    "etkdg_mmff_generator",
-    "BASELINES",
-    "mmff_relax",
+    "REFERENCE_SETS",
     "rmsd_matrix",
     "coverage_metrics",
     "evaluate_coverage",
@@ -43,12 +41,9 @@ __all__ = [
     "evaluate_ground_state",
     "posebusters_checks",
     "stereo_preservation",
-    "xtb_energy",
-    "xtb_relax",
     "xtb_strain",
-    "Timed",
-    "run_generator",
-    "generate_batch",
+    "load_reference_set",
+    "file_generator",
     "evaluate_method",
     "compare_table",
     "save_results",
@@ -56,50 +51,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# generate_fn(mols, n, seed, **options) -> one mol per input, same atom order, n conformers (0 on failure)
-GenerateFn = Callable[..., list[Chem.Mol]]
-HARTREE_TO_KCAL = 627.509474
-BOHR_PER_ANGSTROM = 1.0 / 0.52917721092
 DELTAS_QM9 = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25)  # Jing et al. 2022 sweep; 0.5 A is the headline for QM9
 DELTAS_DRUGS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # 0.75 A is the headline for DRUGS
 GROUND_STATE_THRESHOLDS = (0.1, 0.25, 0.5)
-
-
-class GenerationUnavailable(RuntimeError):
-    """A generation backend that cannot run at all (not a per-molecule failure)."""
-
-
-# ------------------------------------------------------------------------------------------- RDKit baselines
-
-
-def etkdg_conformers(mol: Chem.Mol, n: int, seed: int = 0, mmff: bool = False, mmff_iters: int = 2000) -> Chem.Mol:
-    """n ETKDGv3 conformers (Riniker & Landrum 2015; Wang et al. 2020) of a prepared mol, same atom order, optional MMFF94.
-
-    Conformer i uses seed + i (``enableSequentialRandomSeeds``), so the result depends only on (mol, n, seed).
-    A failure gives zero conformers and a ``generation_error`` property instead of an exception.
-    """
-    out = Chem.Mol(mol)
-    out.RemoveAllConformers()
-    ids = etkdg_embed(out, n, seed)
-    if not ids:
-        out.SetProp("generation_error", "ETKDG could not embed any conformer")
-        return out
-    if mmff:
-        mmff_relax(out, max_iters=mmff_iters)
-    return out
-
-
-def etkdg_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
-    """RDKit ETKDG baseline with the generator interface (mols in, mols with n conformers out)."""
-    return [etkdg_conformers(m, n, seed, mmff=False) for m in mols]
-
-
-def etkdg_mmff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
-    """RDKit ETKDG + MMFF94 baseline with the generator interface."""
-    return [etkdg_conformers(m, n, seed, mmff=True) for m in mols]
-
-
-BASELINES: dict[str, GenerateFn] = {"etkdg": etkdg_generator, "etkdg_mmff": etkdg_mmff_generator}
+# name -> (data-root relative file, RMSD thresholds); qm9-dft is ground-state recovery on the DFT test split
+REFERENCE_SETS = {
+    "qm9-dft": ("qm9/qm9_dft_test.npz", DELTAS_QM9),
+    "geom-qm9": ("reference/geom_qm9_ref.sdf", DELTAS_QM9),
+    "geom-drugs": ("reference/geom_drugs_ref.sdf", DELTAS_DRUGS),
+}
 
 
 # ----------------------------------------------------------------------------------------------- RMSD metrics
@@ -153,10 +113,6 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     if not len(arr):
         return {"mean": math.nan, "median": math.nan, "n": 0}
     return {"mean": float(arr.mean()), "median": float(np.median(arr)), "n": int(len(arr))}
-
-
-def _name(mol: Chem.Mol | None, i: int) -> str:
-    return mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") else f"mol{i}"
 
 
 def _has_conformers(mol: Chem.Mol | None) -> bool:
@@ -269,48 +225,6 @@ def stereo_preservation(generated: Sequence[Chem.Mol | None], inputs: Sequence[C
             "molecule_rate": float(np.mean(per_mol)) if per_mol else math.nan, "wrong": wrong}
 
 
-def _xtb_calculator(mol: Chem.Mol, positions: np.ndarray):
-    """A silent GFN2-xTB calculator (Bannwarth et al. 2019) from tblite; positions in Angstrom."""
-    try:
-        from tblite.interface import Calculator
-    except ImportError as exc:
-        raise ImportError("GFN2-xTB energies need the tblite package: pip install tblite") from exc
-
-    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-    calc = Calculator("GFN2-xTB", numbers, positions * BOHR_PER_ANGSTROM, charge=float(Chem.GetFormalCharge(mol)))
-    calc.set("verbosity", 0)
-    return calc
-
-
-def xtb_energy(mol: Chem.Mol, conf_id: int = -1) -> float:
-    """GFN2-xTB total energy of one conformer, kcal/mol."""
-    calc = _xtb_calculator(mol, mol.GetConformer(conf_id).GetPositions())
-    return float(calc.singlepoint().get("energy")) * HARTREE_TO_KCAL
-
-
-def xtb_relax(mol: Chem.Mol, conf_id: int = -1, steps: int = 100, gtol: float = 5e-4) -> float:
-    """L-BFGS minimisation of one conformer on the GFN2-xTB surface, in place; returns the final energy (kcal/mol).
-
-    ``gtol`` in Hartree/Bohr; ``steps`` bounds the cost (a few steps already remove most strain).
-    """
-    from scipy.optimize import minimize
-
-    conf = mol.GetConformer(conf_id)
-    start = conf.GetPositions() * BOHR_PER_ANGSTROM
-    calc = _xtb_calculator(mol, conf.GetPositions())
-
-    def energy_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
-        calc.update(positions=x.reshape(-1, 3))
-        result = calc.singlepoint()
-        return float(result.get("energy")), np.asarray(result.get("gradient")).ravel()
-
-    fit = minimize(energy_and_gradient, start.ravel(), jac=True, method="L-BFGS-B",
-                   options={"maxiter": steps, "gtol": gtol})
-    for i, p in enumerate(fit.x.reshape(-1, 3) / BOHR_PER_ANGSTROM):
-        conf.SetAtomPosition(i, p.tolist())
-    return float(fit.fun) * HARTREE_TO_KCAL
-
-
 def xtb_strain(generated: Sequence[Chem.Mol | None], steps: int = 100, max_conformers: int | None = None) -> dict[str, Any]:
     """GFN2-xTB strain E(conformer) - E(relaxed) in kcal/mol over conformers (relaxed on copies); mean and median."""
     strains = []
@@ -322,58 +236,68 @@ def xtb_strain(generated: Sequence[Chem.Mol | None], steps: int = 100, max_confo
     return {"n_conformers": len(strains), **_stats(strains)}
 
 
-# ------------------------------------------------------------------------------------------------- run + report
+# ------------------------------------------------------------------------------------------- reference sets
 
 
-@dataclass
-class Timed:
-    """Generated mols (aligned with the inputs) and the time it took, wall and CPU."""
+def load_reference_set(reference: str, limit: int | None = None, smiles_column: str | None = None) -> dict[str, Any]:
+    """Inputs and references of an evaluation set: {inputs, dft | references (neither for a SMILES table), deltas,
+    skipped, label}."""
+    if reference == "qm9-dft":
+        built = read_qm9("test", limit=limit)
+        return {"inputs": built.molecules, "dft": built.molecules, "deltas": DELTAS_QM9, "skipped": built.skipped,
+                "label": "QM9 DFT test split (ground-state recovery)"}
+    relative, deltas = REFERENCE_SETS.get(reference, (None, DELTAS_DRUGS if "drugs" in reference.lower() else DELTAS_QM9))
+    path = data_path(relative) if relative else Path(reference)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference file at {path}")
+    if format_suffix(path) not in SDF_SUFFIXES:  # a SMILES table: inputs only, scored for validity, stereo and speed
+        records = list(itertools.islice(iter_inputs(path, smiles_column), limit))  # parse only the lines used
+        return {"inputs": [r.mol for r in records if r.ok], "deltas": deltas,
+                "skipped": [Failure(f"line {r.line} ({r.name})", r.failure.reason) for r in records if not r.ok],
+                "label": f"{path.name} (SMILES only: validity, stereo and speed, no reference geometry)"}
+    refs = read_conformers(path, group_by="mol_id")[:limit]
+    inputs, kept, skipped = [], [], []
+    for ref in refs:
+        name = f"mol_id {ref.GetProp('mol_id')}" if ref.HasProp("mol_id") else ref.GetProp("_Name")
+        try:
+            inputs.append(mol_from_smiles(ref.GetProp("smiles"), name=name))
+            kept.append(ref)
+        except (MoleculeError, KeyError) as exc:
+            skipped.append(Failure(name, str(exc)))
+    return {"inputs": inputs, "references": kept, "deltas": deltas, "skipped": skipped,
+            "label": f"{path.name} (xTB-refined RDKit ensembles, not GEOM/CREST)"}
 
-    mols: list[Chem.Mol | None]
-    wall_s: float
-    cpu_s: float
 
-    @property
-    def conformers(self) -> int:
-        return sum(m.GetNumConformers() for m in self.mols if m is not None)
+def file_generator(path: Path) -> GenerateFn:
+    """A generator that serves conformers from a generated SDF, matched by canonical SMILES, in the input's atom order."""
+    by_smiles: dict[str, Chem.Mol] = {}
+    for mol in read_conformers(path, group_by="input_index"):
+        key = mol.GetProp("smiles") if mol.HasProp("smiles") else Chem.MolToSmiles(Chem.RemoveHs(mol))
+        by_smiles.setdefault(key, mol)
 
-
-def run_generator(generate_fn: GenerateFn, mols: Sequence[Chem.Mol], n: int | Sequence[int], seed: int = 0,
-                  batch_size: int = 32, **options: Any) -> Timed:
-    """Call a generator on consecutive batches of equal n; a failing batch is retried molecule by molecule (failures -> None)."""
-    counts = [n] * len(mols) if isinstance(n, int) else list(n)
-    out: list[Chem.Mol | None] = []
-    wall, cpu = time.perf_counter(), time.process_time()
-    start = 0
-    while start < len(mols):
-        stop = start + 1
-        while stop < len(mols) and stop - start < batch_size and counts[stop] == counts[start]:
-            stop += 1
-        out += generate_batch(generate_fn, list(mols[start:stop]), counts[start], seed, **options)
-        start = stop
-    return Timed(out, time.perf_counter() - wall, time.process_time() - cpu)
-
-
-def generate_batch(generate_fn: GenerateFn, mols: list[Chem.Mol], n: int, seed: int, **options: Any) -> list[Chem.Mol | None]:
-    """Call generate_fn on a batch; when it raises, retry molecule by molecule so only the breaking one fails (None)."""
-    try:
-        out = list(generate_fn(mols, n, seed, **options))
-        if len(out) != len(mols):
-            raise ValueError(f"generator returned {len(out)} molecules for {len(mols)} inputs")
+    def serve(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
+        out = []
+        for mol in mols:
+            found = by_smiles.get(Chem.MolToSmiles(Chem.RemoveHs(mol)))
+            match = found.GetSubstructMatch(mol) if found is not None else ()
+            if not match:
+                empty = Chem.Mol(mol)
+                empty.RemoveAllConformers()
+                out.append(empty)
+                continue
+            out.append(Chem.RenumberAtoms(found, list(match)))  # input atom order, for the stereo comparison
         return out
-    except GenerationUnavailable:
-        raise
-    except Exception as exc:  # noqa: BLE001 - isolate the molecule that breaks the batch
-        if len(mols) == 1:
-            log.warning("generation failed for %s: %s", _name(mols[0], 0), exc)
-            return [None]
-        return [m for mol in mols for m in generate_batch(generate_fn, [mol], n, seed, **options)]
+
+    return serve
+
+
+# ------------------------------------------------------------------------------------------------- run + report
 
 
 def evaluate_method(method: str, generate_fn: GenerateFn, inputs: Sequence[Chem.Mol], n: int | Sequence[int],
                     seed: int = 0, dft: Sequence[Chem.Mol] | None = None, references: Sequence[Chem.Mol] | None = None,
                     deltas: Sequence[float] = DELTAS_QM9, posebusters: bool = True, strain_steps: int = 0,
-                    batch_size: int = 32, skipped: Sequence[Any] = (), **options: Any) -> dict[str, Any]:
+                    batch_size: int = 32, skipped: Sequence[Failure] = (), **options: Any) -> dict[str, Any]:
     """Generate for ``inputs`` and score: ground state (``dft``), coverage (``references``), PoseBusters, stereo, speed, strain."""
     timed = run_generator(generate_fn, inputs, n, seed, batch_size, **options)
     result: dict[str, Any] = {
@@ -382,7 +306,7 @@ def evaluate_method(method: str, generate_fn: GenerateFn, inputs: Sequence[Chem.
         "conformers_per_s": timed.conformers / timed.wall_s if timed.wall_s else math.nan,
         "conformers_per_cpu_s": timed.conformers / timed.cpu_s if timed.cpu_s else math.nan,
         "no_output": [_name(m, i) for i, m in enumerate(inputs) if not _has_conformers(timed.mols[i])],
-        "skipped_inputs": [getattr(s, "name", str(s)) + ": " + getattr(s, "reason", "") for s in skipped],
+        "skipped_inputs": [f"{s.name}: {s.reason}" for s in skipped],
         "stereo": stereo_preservation(timed.mols, inputs),
     }
     if dft is not None:

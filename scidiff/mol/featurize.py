@@ -21,19 +21,10 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from .chem import FORMAL_CHARGES, SUPPORTED_ELEMENTS, MoleculeError, mol_from_smiles, prepare_mol
+from .chem import FORMAL_CHARGES, SUPPORTED_ELEMENTS, MoleculeError, check_elements, implicit_hydrogen_atoms
+from .stereo import CIS, TETRAHEDRAL, TRANS, substituent_relation
 
-__all__ = [
-    "MoleculeError",
-    "SUPPORTED_ELEMENTS",
-    "NODE_DIM",
-    "EDGE_DIM",
-    "MAX_HOPS",
-    "mol_from_smiles",
-    "prepare_mol",
-    "featurize",
-    "remove_mean",
-]
+__all__ = ["NODE_DIM", "EDGE_DIM", "MAX_HOPS", "featurize", "remove_mean"]
 
 _HYB = Chem.rdchem.HybridizationType
 HYBRIDISATIONS = (_HYB.S, _HYB.SP, _HYB.SP2, _HYB.SP3, _HYB.SP3D, _HYB.SP3D2)  # + one slot for anything else
@@ -43,9 +34,6 @@ MAX_HYDROGENS = 4
 MAX_HOPS = 3  # bond, 2-hop (angle) and 3-hop (torsion) edges
 _BT = Chem.rdchem.BondType
 BOND_TYPES = (_BT.SINGLE, _BT.DOUBLE, _BT.TRIPLE, _BT.AROMATIC)
-_TETRAHEDRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
-_CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
-_TRANS = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOTRANS)
 MAX_STEREO_NEIGHBOURS = 4
 
 # element, charge, aromatic, hybridisation (+other), in ring, ring sizes, degree 0..6, H count 0..4, stereo flags
@@ -80,7 +68,7 @@ def _tetrahedral_stereo(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, dict[tup
         # RDKit's tag refers to the neighbours in the order of the atom's bonds.
         neighbours = [bond.GetOtherAtomIdx(i) for bond in atom.GetBonds()]
         neighbour_ranks = [ranks[j] for j in neighbours]
-        if tag not in _TETRAHEDRAL or len(set(neighbour_ranks)) < len(neighbours) or not 3 <= len(neighbours) <= 4:
+        if tag not in TETRAHEDRAL or len(set(neighbour_ranks)) < len(neighbours) or not 3 <= len(neighbours) <= 4:
             relative[i] = 1.0
             continue
         order = sorted(range(len(neighbours)), key=neighbour_ranks.__getitem__)
@@ -107,19 +95,11 @@ def _double_bond_pairs(mol: Chem.Mol) -> dict[tuple[int, int], int]:
     """For each stereo double bond b=c: +1 (cis) or -1 (trans) for every substituent pair (a on b, d on c), both directions."""
     pairs: dict[tuple[int, int], int] = {}
     for bond in mol.GetBonds():
-        stereo = bond.GetStereo()
-        if stereo not in _CIS + _TRANS or len(bond.GetStereoAtoms()) != 2:
-            continue
-        # Legacy perception sets E/Z relative to the stereo atoms (the CIP-highest substituents); CIS/TRANS are too.
-        relation = 1 if stereo in _CIS else -1
         b, c = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        ref_b, ref_c = bond.GetStereoAtoms()
-        if mol.GetBondBetweenAtoms(ref_b, b) is None:
-            ref_b, ref_c = ref_c, ref_b
-        for a in (x.GetIdx() for x in mol.GetAtomWithIdx(b).GetNeighbors() if x.GetIdx() != c):
-            for d in (x.GetIdx() for x in mol.GetAtomWithIdx(c).GetNeighbors() if x.GetIdx() != b):
-                value = relation * (1 if a == ref_b else -1) * (1 if d == ref_c else -1)
-                pairs[(a, d)] = pairs[(d, a)] = value
+        for a in (x.GetIdx() for x in bond.GetBeginAtom().GetNeighbors() if x.GetIdx() != c):
+            for d in (x.GetIdx() for x in bond.GetEndAtom().GetNeighbors() if x.GetIdx() != b):
+                if (relation := substituent_relation(bond, a, d)) is not None:
+                    pairs[(a, d)] = pairs[(d, a)] = relation
     return pairs
 
 
@@ -143,7 +123,7 @@ def _edge_features(mol: Chem.Mol, src: int, dst: int, hops: int, cis_trans: dict
     bond_part = [0.0] * (len(BOND_TYPES) + 3)
     if bond is not None:
         bond_part = (_one_hot(bond.GetBondType(), BOND_TYPES)
-                     + [float(bond.GetIsConjugated()), float(bond.IsInRing()), float(bond.GetStereo() in _CIS + _TRANS)])
+                     + [float(bond.GetIsConjugated()), float(bond.IsInRing()), float(bond.GetStereo() in CIS + TRANS)])
     relation = cis_trans.get((src, dst), 0)
     rank_slot = slot.get((dst, src), -1)
     return (_one_hot(hops, range(1, MAX_HOPS + 1)) + bond_part + [float(relation == 1), float(relation == -1)]
@@ -151,10 +131,15 @@ def _edge_features(mol: Chem.Mol, src: int, dst: int, hops: int, cis_trans: dict
 
 
 def featurize(mol: Chem.Mol, coords: ArrayLike | Tensor | None = None, name: str | None = None) -> Data:
-    """Graph of a molecule with explicit hydrogens: x (N, NODE_DIM), chirality (N,), stereo_index (5, C), z,
-    bond/2-hop/3-hop edges with edge_attr (E, EDGE_DIM), and pos (N, 3) when coords are given."""
-    mol = prepare_mol(mol, name=name)
-    label = mol.GetProp("_Name")
+    """Graph of a prepared molecule (``chem.prepare_mol``: sanitised, every H an atom, stereo perceived): x (N, NODE_DIM),
+    chirality (N,), stereo_index (5, C), z, bond/2-hop/3-hop edges with edge_attr (E, EDGE_DIM), and pos (N, 3) when
+    coords are given. Molecules are prepared once, where they enter (io's readers, the training sources)."""
+    label = name or (mol.GetProp("_Name") if mol.HasProp("_Name") else Chem.MolToSmiles(mol))
+    check_elements(mol, label)  # cheap, and an unknown element would otherwise get an all-zero one-hot
+    implicit = implicit_hydrogen_atoms(mol)
+    if implicit:
+        raise MoleculeError(label, f"implicit hydrogens on atoms {implicit[:5]}: prepare the molecule first "
+                                   "(scidiff.mol.chem.prepare_mol adds them as atoms)")
     n = mol.GetNumAtoms()
     sign, relative, slot = _tetrahedral_stereo(mol)
     cis_trans = _double_bond_pairs(mol)

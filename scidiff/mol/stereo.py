@@ -17,6 +17,10 @@ from typing import Iterable, Sequence
 from rdkit import Chem
 
 __all__ = [
+    "TETRAHEDRAL",
+    "CIS",
+    "TRANS",
+    "substituent_relation",
     "StereoSignature",
     "StereoReport",
     "stereo_signature",
@@ -31,9 +35,26 @@ __all__ = [
     "remove_conformers",
 ]
 
-_TETRAHEDRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
-_CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
-_TRANS = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOTRANS)
+TETRAHEDRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
+CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
+TRANS = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOTRANS)
+
+
+def substituent_relation(bond: Chem.Bond, a: int, d: int) -> int | None:
+    """+1 when substituent ``a`` of the bond's begin atom and ``d`` of its end atom are cis, -1 when trans; None when
+    the bond has no specified E/Z.
+
+    Legacy perception sets E/Z relative to the stereo atoms (the CIP-highest substituents), and CIS/TRANS are
+    relative to them too; each substituent that is not its end's stereo atom swaps cis and trans.
+    """
+    stereo = bond.GetStereo()
+    atoms = list(bond.GetStereoAtoms())
+    if stereo not in CIS + TRANS or len(atoms) != 2:
+        return None
+    ref_b, ref_c = atoms
+    if bond.GetOwningMol().GetBondBetweenAtoms(ref_b, bond.GetBeginAtomIdx()) is None:
+        ref_b, ref_c = ref_c, ref_b
+    return (1 if stereo in CIS else -1) * (1 if a == ref_b else -1) * (1 if d == ref_c else -1)
 
 
 @dataclass(frozen=True)
@@ -91,18 +112,11 @@ def _canonical_substituent(bond: Chem.Bond, end: Chem.Atom) -> int:
 
 def _bond_geometry(bond: Chem.Bond) -> str | None:
     """'cis'/'trans' of the two canonical substituents, from the bond's stereo label and stereo atoms."""
-    stereo = bond.GetStereo()
-    if stereo not in _CIS + _TRANS:
-        return None
-    atoms = list(bond.GetStereoAtoms())
     begin, end = bond.GetBeginAtom(), bond.GetEndAtom()
-    if len(atoms) != 2 or begin.GetDegree() < 2 or end.GetDegree() < 2:
+    if begin.GetDegree() < 2 or end.GetDegree() < 2:
         return None
-    # Legacy perception puts the CIP-highest neighbours in the stereo atoms, so Z means cis of the stereo atoms;
-    # each end whose stereo atom is not the canonical substituent swaps cis and trans.
-    swaps = (atoms[0] != _canonical_substituent(bond, begin)) + (atoms[1] != _canonical_substituent(bond, end))
-    cis = (stereo in _CIS) != bool(swaps % 2)
-    return "cis" if cis else "trans"
+    relation = substituent_relation(bond, _canonical_substituent(bond, begin), _canonical_substituent(bond, end))
+    return None if relation is None else "cis" if relation == 1 else "trans"
 
 
 def stereo_signature(mol: Chem.Mol) -> StereoSignature:
@@ -120,7 +134,7 @@ def signature_from_3d(mol: Chem.Mol, conf_id: int = -1) -> StereoSignature:
 
 
 def _read_signature(mol: Chem.Mol) -> StereoSignature:
-    centres = {a.GetIdx(): str(a.GetChiralTag()) for a in mol.GetAtoms() if a.GetChiralTag() in _TETRAHEDRAL}
+    centres = {a.GetIdx(): str(a.GetChiralTag()) for a in mol.GetAtoms() if a.GetChiralTag() in TETRAHEDRAL}
     cip = {a.GetIdx(): a.GetProp("_CIPCode") for a in mol.GetAtoms() if a.HasProp("_CIPCode")}
     bonds = {b.GetIdx(): geometry for b in mol.GetBonds() if (geometry := _bond_geometry(b)) is not None}
     return StereoSignature(centres, bonds, cip, Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False)))

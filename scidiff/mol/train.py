@@ -24,13 +24,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
-from .chem import MoleculeError
-from .datasets import Skipped, read_qm9, read_sdf_conformers
-from .denoiser import ConformerDenoiser, DenoiserConfig
-from .featurize import featurize, remove_mean
+from scidiff.core import Diffusion, TrainConfig, build_diffusion, train
 
-__all__ = ["ConformerDataset", "node_balanced_batches", "conformer_loss", "build_model", "load_sources",
-           "train_from_config", "centred_coordinate_std"]
+from .chem import Failure, MoleculeError, implicit_hydrogen_atoms, prepare_mol
+from .denoiser import build_model
+from .featurize import featurize, remove_mean
+from .io import read_conformers, read_qm9
+
+__all__ = ["ConformerDataset", "node_balanced_batches", "conformer_loss", "load_sources", "train_from_config",
+           "centred_coordinate_std"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,9 @@ class ConformerDataset(Dataset):
         return sizes[[g for g, _ in self.conformers]]
 
     @classmethod
-    def from_molecules(cls, molecules: Iterable[Chem.Mol], skipped: list[Skipped] | None = None) -> "ConformerDataset":
-        """Featurise each molecule once and keep all its conformers; molecules the featuriser rejects go to ``skipped``."""
+    def from_molecules(cls, molecules: Iterable[Chem.Mol], skipped: list[Failure] | None = None) -> "ConformerDataset":
+        """Featurise each prepared molecule once and keep all its conformers; molecules the featuriser rejects (e.g.
+        hydrogens without coordinates) go to ``skipped``, or raise when it is None."""
         graphs: list[Data] = []
         conformers: list[tuple[int, Tensor]] = []
         for mol in molecules:
@@ -67,13 +70,7 @@ class ConformerDataset(Dataset):
             except MoleculeError as exc:
                 if skipped is None:
                     raise
-                skipped.append(Skipped(exc.molecule, exc.reason))
-                continue
-            if graph.num_nodes != mol.GetNumAtoms():  # featurize adds missing H; then the stored coordinates do not fit
-                reason = f"has implicit hydrogens without coordinates ({mol.GetNumAtoms()} atoms stored, {graph.num_nodes} with H)"
-                if skipped is None:
-                    raise MoleculeError(graph.name, reason)
-                skipped.append(Skipped(graph.name, reason))
+                skipped.append(Failure(exc.molecule, exc.reason))
                 continue
             graphs.append(graph)
             for conf in mol.GetConformers():
@@ -104,29 +101,31 @@ def node_balanced_batches(num_nodes: Sequence[int], max_nodes: int, seed: int, e
     return bins
 
 
-def conformer_loss(diffusion, net: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
+def conformer_loss(diffusion: Diffusion, net: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
     """The core's denoising loss on a graph batch: one noise level per molecule, noise and data at zero centre of mass."""
-    from scidiff.core.loss import diffusion_loss
-
     project = partial(remove_mean, batch=batch.batch)
-    return diffusion_loss(lambda x, t: net(x, t, batch), project(batch.pos), diffusion.process, diffusion.prediction,
-                          diffusion.weighting, generator=generator, batch=batch.batch, num_graphs=batch.num_graphs,
-                          project=project, min_snr_gamma=diffusion.min_snr_gamma)
+    return diffusion.loss(lambda x, t: net(x, t, batch), project(batch.pos), generator=generator, batch=batch.batch,
+                          num_graphs=batch.num_graphs, project=project)
 
 
-def build_model(model_cfg: dict[str, Any]) -> ConformerDenoiser:
-    """The denoiser of the ``model`` section (fields of DenoiserConfig; ``name`` is ignored)."""
-    fields = {k: v for k, v in model_cfg.items() if k != "name"}
+def _prepared(mol: Chem.Mol, skipped: list[Failure]) -> Chem.Mol | None:
+    """A conformer set read from an SDF, prepared as every input is (``chem.prepare_mol``); None when it cannot train."""
+    name = mol.GetProp("_Name") if mol.HasProp("_Name") else "unnamed"
+    implicit = implicit_hydrogen_atoms(mol)
+    if implicit:  # prepare_mol would add them without the conformers' coordinates
+        skipped.append(Failure(name, f"has implicit hydrogens without coordinates (atoms {implicit[:5]})"))
+        return None
     try:
-        return ConformerDenoiser(DenoiserConfig(**fields))
-    except TypeError as exc:
-        raise ValueError(f"model: {exc}") from None
+        return prepare_mol(mol, name=name)
+    except MoleculeError as exc:
+        skipped.append(Failure(name, exc.reason))
+        return None
 
 
-def load_sources(data_cfg: dict[str, Any]) -> tuple[list[Chem.Mol], list[Skipped]]:
-    """Molecules with conformers from the ``data`` section: ``qm9_dft`` (split name or null) and ``sdf`` (paths)."""
+def load_sources(data_cfg: dict[str, Any]) -> tuple[list[Chem.Mol], list[Failure]]:
+    """Prepared molecules with conformers from the ``data`` section: ``qm9_dft`` (split name or null) and ``sdf`` (paths)."""
     molecules: list[Chem.Mol] = []
-    skipped: list[Skipped] = []
+    skipped: list[Failure] = []
     split = data_cfg.get("qm9_dft")
     if split:
         if split != "train":  # the test split is for evaluation only
@@ -135,9 +134,10 @@ def load_sources(data_cfg: dict[str, Any]) -> tuple[list[Chem.Mol], list[Skipped
         molecules += built.molecules
         skipped += built.skipped
     for path in data_cfg.get("sdf") or []:
-        built = read_sdf_conformers(path)
-        molecules += built.molecules
-        skipped += built.skipped
+        for mol in read_conformers(path, skipped=skipped):
+            prepared = _prepared(mol, skipped)
+            if prepared is not None:
+                molecules.append(prepared)
     if not molecules:
         raise ValueError("data: no training molecules; set data.qm9_dft: train and/or data.sdf: [paths built by `scidiff mol build`]")
     return molecules, skipped
@@ -155,9 +155,6 @@ def _collate(items: list[Data]) -> Batch:
 
 def train_from_config(cfg: dict[str, Any]):
     """Train the conformer denoiser on the configured conformer sources with the shared loop."""
-    from scidiff.core.config import build_diffusion
-    from scidiff.core.trainer import TrainConfig, train
-
     diffusion = build_diffusion(cfg["process"])
     trainer_cfg = TrainConfig.from_mapping(cfg["trainer"])
     data_cfg = cfg["data"]

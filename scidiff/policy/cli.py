@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLED_WEIGHTS", "add_commands", "run", "main"]
+__all__ = ["BUNDLED_WEIGHTS", "add_commands", "run", "default_env", "video_fps", "main"]
 
 # Trained by `scidiff train experiment=pusht_keypoints` on the PushT human demonstrations (see README of the run).
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pusht_keypoints.safetensors"
@@ -24,8 +24,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=BUNDLED_WEIGHTS,
                    help="policy .safetensors (save_policy file or a run's model.safetensors); default: bundled PushT")
     p.add_argument("--env", default=None,
-                   help="Gymnasium id (default: scidiff/PushT-keypoints-v0 for 20-d policies); gym_pusht/PushT-v0 "
-                        "works through a keypoints adapter when gym-pusht is installed")
+                   help="Gymnasium id (default: the env the policy was trained for; for files that do not record "
+                        "it, scidiff/PushT-keypoints-v0 for 20-d policies); gym_pusht/PushT-v0 works through a "
+                        "keypoints adapter when gym-pusht is installed")
     p.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
     p.add_argument("--seed", type=int, default=100000, help="seed of episode 0 (default 100000, Chi et al.'s test seeds)")
     p.add_argument("--sampler", default="ddim", help="core sampler: ddim, ddpm, dpmpp_2m, euler, heun (default ddim)")
@@ -62,9 +63,20 @@ def default_env(obs_dim: int) -> str:
     return envs_by_dim[obs_dim]
 
 
+def video_fps(env_id: str) -> float:
+    """Frames per second of an env's videos: the ``render_fps`` of its metadata (PushT 10, Particle 20)."""
+    from .rollout import make_env
+
+    env = make_env(env_id)
+    try:
+        return env.metadata["render_fps"]
+    finally:
+        env.close()
+
+
 def _run_rollout(args: argparse.Namespace) -> int:
     """Roll out, print the summary line and optionally write the JSON and the video."""
-    import torch
+    from scidiff.core import SamplerSpec
 
     from .policy import load_policy
     from .rollout import rollout, summarize
@@ -72,7 +84,9 @@ def _run_rollout(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"no policy checkpoint at {args.checkpoint}")
     policy = load_policy(args.checkpoint, device=args.device)
-    env_id = args.env or default_env(policy.obs_dim)
+    # Files written before policies recorded their env fall back to the one matching the observation size.
+    env_id = args.env or policy.env_id or default_env(policy.obs_dim)
+    sampler = SamplerSpec(args.sampler, args.steps)
     reset_options = None
     if args.chi_initial_states:
         if not env_id.startswith("gym_pusht/"):
@@ -81,19 +95,18 @@ def _run_rollout(args: argparse.Namespace) -> int:
 
         reset_options = lambda seed: {"reset_to_state": legacy_reset_state(seed)}  # noqa: E731
     results, latencies, frames = rollout(
-        policy, env_id, episodes=args.episodes, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        policy, env_id, episodes=args.episodes, seed=args.seed, sampler=sampler,
         num_envs=args.num_envs, max_steps=args.max_steps, video_episodes=args.video_episodes if args.video else 0,
         reset_options=reset_options, progress=not args.no_progress,
     )
     summary = summarize(results, latencies, checkpoint=str(args.checkpoint), env=env_id,
-                        sampler=args.sampler if policy.objective == "diffusion" else "regression",
-                        steps=args.steps if policy.objective == "diffusion" else 1, seed=args.seed,
+                        sampler=sampler.name if policy.objective == "diffusion" else "regression",
+                        steps=sampler.steps if policy.objective == "diffusion" else 1, seed=args.seed,
                         num_envs=min(args.num_envs, args.episodes), chi_initial_states=args.chi_initial_states)
     if args.video:
         from envs.video import tile_episodes, write_video
 
-        fps = 10 if "PushT" in env_id else 20
-        summary["video"] = str(write_video(tile_episodes(frames), args.video, fps=fps))
+        summary["video"] = str(write_video(tile_episodes(frames), args.video, fps=video_fps(env_id)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

@@ -3,7 +3,8 @@
 The policy owns everything a checkpoint needs to act: the observation and action normalisers, the
 observation encoder, the U-Net and the noise-process settings. Construction takes only plain values, so
 ``DiffusionPolicy(**policy.config())`` rebuilds it and ``save_policy`` / ``load_policy`` round-trip it through
-one safetensors file in the core's inference format (weights + JSON config in the metadata; never pickle).
+one safetensors file in the core's inference format (weights + JSON config in the metadata; never pickle). A
+policy trained by ``scidiff train`` also records the Gymnasium id of its env (``env_id``), which rollouts default to.
 
 ``objective="regression"`` turns the same network into the direct-regression baseline: one forward pass with a
 fixed zero input and time, trained by MSE on the normalised action chunk.
@@ -19,9 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scidiff.core import check_sampler, diffusion_loss, sample, x0_denoiser
-from scidiff.core.checkpoint import load_inference, save_inference
-from scidiff.core.config import build_diffusion
+from scidiff.core import SamplerSpec, build_diffusion
+from scidiff.core.checkpoint import check_task, load_inference, save_inference
 
 from .normalizer import MinMaxNormalizer
 from .unet1d import ConditionalUnet1D
@@ -56,6 +56,7 @@ class DiffusionPolicy(nn.Module):
         objective: str = "diffusion",
         process: dict[str, Any] | None = None,
         clip_sample: float | None = 1.0,
+        env_id: str | None = None,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -72,11 +73,11 @@ class DiffusionPolicy(nn.Module):
             n_action_steps=int(n_action_steps), down_dims=[int(d) for d in down_dims], kernel_size=int(kernel_size),
             n_groups=int(n_groups), step_embed_dim=int(step_embed_dim), objective=objective,
             process=dict(CHI_PROCESS if process is None else process),
-            clip_sample=None if clip_sample is None else float(clip_sample),
+            clip_sample=None if clip_sample is None else float(clip_sample), env_id=env_id,
         )
         self.obs_dim, self.action_dim, self.horizon = obs_dim, action_dim, horizon
         self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
-        self.objective, self.clip_sample = objective, clip_sample
+        self.objective, self.clip_sample, self.env_id = objective, clip_sample, env_id
         self.diffusion = build_diffusion(self._config["process"])
         self.process = self.diffusion.process
 
@@ -129,9 +130,7 @@ class DiffusionPolicy(nn.Module):
         action = self.action_normalizer(batch["action"])
         if self.objective == "regression":
             return nn.functional.mse_loss(self._regress(cond), action)
-        d = self.diffusion
-        return diffusion_loss(self._network(cond), action, d.process, d.prediction, d.weighting, generator=generator,
-                              min_snr_gamma=d.min_snr_gamma)
+        return self.diffusion.loss(self._network(cond), action, generator=generator)
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """The training loss (so that DistributedDataParallel, which hooks forward, wraps the policy)."""
@@ -139,10 +138,13 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action(
-        self, obs_history: Tensor, sampler: str = "ddim", steps: int = 10, generator: torch.Generator | None = None,
-        **sampler_options: Any,
+        self, obs_history: Tensor, sampler: SamplerSpec | str = "ddim", steps: int = 10,
+        generator: torch.Generator | None = None, **sampler_options: Any,
     ) -> dict[str, Tensor]:
-        """Predict Tp actions from (B, To, obs_dim) observations; "action" holds the Ta to execute, To-1 .. To+Ta-2 (Chi et al. 2023)."""
+        """Predict Tp actions from (B, To, obs_dim) observations; "action" holds the Ta to execute, To-1 .. To+Ta-2 (Chi et al. 2023).
+
+        ``sampler`` is a SamplerSpec, or a sampler name that ``steps`` and ``sampler_options`` complete.
+        """
         if obs_history.ndim != 3 or obs_history.shape[1] != self.n_obs_steps:
             raise ValueError(
                 f"obs_history must have shape (batch, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}), "
@@ -152,11 +154,11 @@ class DiffusionPolicy(nn.Module):
         if self.objective == "regression":
             naction = self._regress(cond)
         else:
-            check_sampler(sampler, steps)
-            denoise = x0_denoiser(self._network(cond), self.process, self.diffusion.prediction, clip=self.clip_sample)
+            if isinstance(sampler, str):
+                sampler = SamplerSpec(sampler, steps, sampler_options)
             shape = (cond.shape[0], self.horizon, self.action_dim)
-            naction = sample(denoise, shape, self.process, sampler, steps, generator=generator, device=cond.device,
-                             dtype=cond.dtype, **sampler_options).x
+            naction = self.diffusion.sample(self._network(cond), shape, sampler, clip=self.clip_sample,
+                                            generator=generator, device=cond.device, dtype=cond.dtype).x
         action_pred = self.action_normalizer.unnormalize(naction)
         start = self.n_obs_steps - 1
         return {"action_pred": action_pred, "action": action_pred[:, start : start + self.n_action_steps]}
@@ -164,12 +166,16 @@ class DiffusionPolicy(nn.Module):
 
 def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, run_config: dict[str, Any] | None = None) -> Path:
     """Write weights, normalisers and config in the core's inference format (safetensors + JSON config), atomically."""
-    return save_inference(path, policy.state_dict(), {**(run_config or {}), POLICY_CONFIG_KEY: policy.config()})
+    config = {**(run_config or {}), "task": "policy", POLICY_CONFIG_KEY: policy.config()}
+    return save_inference(path, policy.state_dict(), config)
 
 
 def load_policy(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffusionPolicy:
     """Rebuild a policy from save_policy's file or a policy run's model.safetensors (EMA weights), strictly."""
     state, run_config = load_inference(path, device)
+    # save_policy files written before it recorded the task have none: their policy config marks them.
+    if "task" in run_config:
+        check_task(path, run_config, "policy")
     if POLICY_CONFIG_KEY not in run_config:
         raise ValueError(f"{path}: a scidiff weights file, but not of a policy (no '{POLICY_CONFIG_KEY}' in its config)")
     policy = DiffusionPolicy(**run_config[POLICY_CONFIG_KEY]).to(device)

@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from scidiff.core import SamplerSpec
+
 __all__ = [
     "EpisodeResult",
     "gym_pusht_keypoint_obs",
@@ -107,7 +109,7 @@ def rollout(
     env_id: str,
     episodes: int = 50,
     seed: int = 100000,
-    sampler: str = "ddim",
+    sampler: SamplerSpec | str = "ddim",
     steps: int = 10,
     num_envs: int = 10,
     max_steps: int | None = None,
@@ -119,8 +121,9 @@ def rollout(
 ) -> tuple[list[EpisodeResult], list[float], list[list[np.ndarray]]]:
     """Run `episodes` receding-horizon episodes (To obs -> Tp actions, execute Ta; Chi et al. 2023).
 
-    Returns per-episode results, per-chunk latencies in seconds (one batched predict_action call each), and
-    the RGB frames of the first `video_episodes` episodes. `env_kwargs` go to gym.make (e.g. goal_radius).
+    `sampler` is a SamplerSpec, or a sampler name run for `steps` steps. Returns per-episode results, per-chunk
+    latencies in seconds (one batched predict_action call each), and the RGB frames of the first `video_episodes`
+    episodes. `env_kwargs` go to gym.make (e.g. goal_radius).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
@@ -185,8 +188,9 @@ class _Tally:
         ]
 
 
-def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: str, steps: int, generator, record: list[bool],
-              reset_options, latencies: list[float], bar) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
+def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpec | str, steps: int, generator,
+              record: list[bool], reset_options, latencies: list[float],
+              bar) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
     n = vec.num_envs
     all_seeds = [int(s) for s in seeds] + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy
 
-__all__ = ["load_buffer", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
+__all__ = ["load_buffer", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample")
 
@@ -57,14 +57,19 @@ def load_buffer(data: dict[str, Any], out_dir: str | Path):
     )
 
 
+def trained_env(cfg: dict[str, Any]) -> str | None:
+    """The Gymnasium id a policy config trains for: its closed-loop eval env, else the env that recorded its data."""
+    return (cfg["policy"].get("eval") or {}).get("env") or cfg["data"].get("env")
+
+
 def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int) -> DiffusionPolicy:
-    """A DiffusionPolicy from the ``policy``, ``model`` (U-Net widths) and ``process`` sections."""
+    """A DiffusionPolicy from the ``policy``, ``model`` (U-Net widths) and ``process`` sections, with its env."""
     section = cfg["policy"]
     unknown = sorted(set(section) - set(_POLICY_FIELDS) - {"eval"})
     if unknown:
         raise ValueError(f"policy: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_POLICY_FIELDS)}, eval")
     return DiffusionPolicy(obs_dim, action_dim, **{k: section[k] for k in _POLICY_FIELDS if k in section},
-                           **cfg["model"], process=cfg["process"])
+                           **cfg["model"], process=cfg["process"], env_id=trained_env(cfg))
 
 
 @torch.no_grad()
@@ -83,10 +88,12 @@ def validation_loss(policy: DiffusionPolicy, dataset: PolicyWindowDataset, batch
 
 def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
     """The trainer's evaluate(ema_policy, step) hook: validation loss plus a few rollouts (policy.eval section)."""
+    from scidiff.core import build_sampler
+
     from .rollout import rollout, summarize
 
     spec = cfg["policy"].get("eval") or {}
-    sampler = cfg["sampler"]
+    sampler = build_sampler(cfg["sampler"])
 
     def evaluate(policy: nn.Module, step: int) -> dict[str, float]:
         policy.eval()
@@ -94,8 +101,8 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
         episodes = int(spec.get("episodes", 0))
         if episodes and spec.get("env"):
             results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=int(spec.get("seed", 1000)),
-                                            sampler=sampler["name"], steps=int(sampler["steps"]),
-                                            num_envs=int(spec.get("num_envs", episodes)), progress=False)
+                                            sampler=sampler, num_envs=int(spec.get("num_envs", episodes)),
+                                            progress=False)
             summary = summarize(results, latencies)
             scores.update({k: summary[k] for k in ("avg_max_reward", "success_rate") if summary.get(k) is not None})
         return scores

@@ -12,7 +12,9 @@ import pytest
 
 import envs  # noqa: F401  (registers the ids)
 from envs.cli import add_commands, run
-from envs.collect import collect_episodes, episode_seeds
+from envs.collect import collect_episodes, episode_seeds, run_episode
+from envs.experts import ParticleExpert
+from envs.particle import GOAL_A, GOAL_B
 from envs.replay_buffer import ReplayBuffer
 
 
@@ -28,6 +30,16 @@ def test_collection_is_deterministic_per_seed():
     starts = np.r_[0, first.episode_ends[:-1]]
     targets_a = np.all(first.data["action"][starts] == first.data["state"][starts, 4:6], axis=1)
     assert 0 < targets_a.sum() < 6
+
+
+def test_expert_episode_is_the_one_recorded_before_the_shared_episode_loop():
+    # Recorded with the previous run_episode: on seed 3 the expert targets goal B for 14 steps, then goal A, and
+    # succeeds after 34 steps.
+    episode, success = run_episode(gym.make("scidiff/Particle-v0"), ParticleExpert(), seed=3)
+    start = episode["state"][0]
+    np.testing.assert_allclose(start[:2], [0.08564917, 0.23681051], atol=1e-7)
+    np.testing.assert_array_equal(episode["action"], np.repeat(np.stack([start[GOAL_B], start[GOAL_A]]), [14, 20], 0))
+    assert success and episode["state"].shape == (34, 10) and episode["action"].dtype == np.float32
 
 
 def test_recorded_actions_reproduce_recorded_states():

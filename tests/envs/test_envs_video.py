@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (registers the ids)
+from envs.episode import play_episode
 from envs.experts import ParticleExpert
 from envs.video import replay_frames, rollout_frames, tile_episodes, write_video
 
@@ -17,13 +18,26 @@ def test_rollout_and_replay_frames():
     expert = ParticleExpert(seed=0)
     expert.reset()
     frames = rollout_frames(env, expert, seed=3)
-    assert 2 < len(frames) <= 51 and frames[0].shape == (64, 64, 3)
+    assert len(frames) == 35 and frames[0].shape == (64, 64, 3)  # 34 steps, as recorded before the shared loop
     pusht = gym.make("scidiff/PushT-v0", render_mode="rgb_array", render_size=80)
     replayed = replay_frames(pusht, [[200.0, 200.0]] * 4, options={"reset_to_state": [100.0, 100.0, 300.0, 300.0, 0.5]})
     assert len(replayed) == 5 and replayed[-1].shape == (80, 80, 3)
     assert not np.array_equal(replayed[0], replayed[-1]), "the agent moves between frames"
     with pytest.raises(ValueError, match="rgb_array"):
         rollout_frames(gym.make("scidiff/Particle-v0"), expert)
+
+
+def test_episode_loop_records_observations_actions_and_stops_at_max_steps():
+    env, expert = gym.make("scidiff/Particle-v0"), ParticleExpert()
+    expert.reset(seed=3)
+    full = play_episode(env, expert, seed=3)
+    assert full.terminated and full.info["is_success"] and full.frames == []
+    assert len(full.observations) == len(full.actions) + 1 == 35
+    expert.reset(seed=3)
+    short = play_episode(env, expert, seed=3, max_steps=5)
+    assert len(short.actions) == 5 and not short.terminated
+    np.testing.assert_array_equal(np.stack(short.observations), np.stack(full.observations[:6]))
+    assert play_episode(env, expert, seed=3, max_steps=0).actions == []
 
 
 def test_tile_pads_short_episodes_with_their_last_frame():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from rdkit import Chem
 
-from scidiff.mol.datasets import embed_conformers
+from scidiff.mol.build import embed_conformers
 from scidiff.mol.featurize import featurize
 
 # Real molecules with hydrogens: an amino acid stereocentre, a ring system with a stereocentre, an E double bond.

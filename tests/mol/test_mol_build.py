@@ -1,26 +1,101 @@
-"""Training-set builders: leakage-free item lists on the real data, resumable shards, SDF round trips, SMILES files."""
+"""Training-set builders: stereo-true ETKDG + MMFF ensembles, leakage-free item lists on the real data, resumable
+shards, SDF round trips, SMILES files."""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import logging
 
 import numpy as np
 import pytest
 from rdkit import Chem
+from rdkit.Chem import AllChem
 
 from scidiff.data import data_path
 from scidiff.mol.build import (
+    build_conformers,
     build_shards,
     canonical_nostereo,
     drugs_training_items,
+    embed_conformers,
     geom_test_smiles,
     largest_fragment,
     qm9_test_gdb_ids,
     qm9_training_items,
     read_smiles_file,
 )
-from scidiff.mol.datasets import Skipped, read_sdf_conformers, write_sdf_conformers
+from scidiff.mol.chem import Failure, mol_from_smiles
+from scidiff.mol.io import ConformerRecord, read_conformers, write_conformers
+
+
+IBUPROFEN = "CC(C)Cc1ccc(cc1)[C@H](C)C(=O)O"
+
+
+def stereo_smiles_from_3d(mol: Chem.Mol, conf_id: int) -> str:
+    copy = Chem.Mol(mol, confId=conf_id)
+    Chem.AssignStereochemistryFrom3D(copy)
+    return Chem.MolToSmiles(Chem.RemoveHs(copy))
+
+
+def test_embed_conformers_gives_distinct_minimised_stereo_true_conformers():
+    mol = embed_conformers(IBUPROFEN, num_conformers=4, seed=0, name="S-ibuprofen")
+    assert mol.GetProp("_Name") == "S-ibuprofen" and mol.GetNumConformers() == 4
+    heavy = Chem.RemoveHs(mol)
+    ids = [c.GetId() for c in mol.GetConformers()]
+    # Seed 0 without sequential seeds makes RDKit return one conformer four times.
+    assert min(AllChem.GetConformerRMS(heavy, ids[0], j) for j in ids[1:]) > 0.05
+    energies = [c.GetDoubleProp("energy") for c in mol.GetConformers()]
+    assert all(np.isfinite(energies)) and max(energies) - min(energies) < 20  # kcal/mol, MMFF minima
+    reference = Chem.MolToSmiles(Chem.MolFromSmiles(IBUPROFEN))
+    assert all(stereo_smiles_from_3d(mol, c) == reference for c in ids)
+
+
+def test_unspecified_stereocentres_are_free_and_specified_ones_kept():
+    """Most ZINC SMILES leave centres unspecified: every embedding is valid for them (the first drug-like build
+    dropped 62 % of molecules by comparing full isomeric SMILES); a specified centre is still enforced."""
+    racemic = embed_conformers("COc1ccc(C(C)OCS(=O)(=O)c2ccccc2)cc1", num_conformers=6, seed=0)
+    assert racemic.GetNumConformers() == 6
+    mixed = embed_conformers("C[C@@H](O)C(C)CC", num_conformers=8, seed=0)  # one specified, one free centre
+    expected = dict(Chem.FindMolChiralCenters(Chem.MolFromSmiles("C[C@@H](O)C(C)CC")))[1]
+    found_free = set()
+    for conf in mixed.GetConformers():
+        perceived = Chem.Mol(mixed, confId=conf.GetId())
+        Chem.AssignStereochemistryFrom3D(perceived)
+        centres = dict(Chem.FindMolChiralCenters(perceived))
+        assert centres[1] == expected
+        found_free.add(centres[3])
+    assert mixed.GetNumConformers() == 8 and found_free == {"R", "S"}  # the free centre comes out both ways
+
+
+def test_build_conformers_skips_failures_by_name_and_parallel_matches_serial(caplog):
+    items = [("alanine", "N[C@@H](C)C(=O)O"), ("tin", "CC[Sn](C)(C)C"), "C1CC", ("crotonic", "C/C=C/C(=O)O")]
+    with caplog.at_level(logging.WARNING, logger="scidiff.mol.build"):
+        serial = build_conformers(items, num_conformers=2, seed=3, processes=1)
+    assert [m.GetProp("_Name") for m in serial.molecules] == ["alanine", "crotonic"]
+    assert serial.skipped == [
+        Failure("tin", "unsupported element Sn (atom 2); supported: H, B, C, N, O, F, Si, P, S, Cl, Br, I"),
+        Failure("C1CC", "could not parse SMILES (SMILES Parse Error: unclosed ring for input: 'C1CC')"),
+    ]
+    assert "skipped tin: unsupported element Sn" in caplog.text and serial.summary() == "2 built, 2 skipped"
+    parallel = build_conformers(items, num_conformers=2, seed=3, processes=2)
+    assert parallel.skipped == serial.skipped
+    for a, b in zip(serial.molecules, parallel.molecules):
+        assert a.GetProp("_Name") == b.GetProp("_Name") and a.GetNumConformers() == b.GetNumConformers() == 2
+        for ca, cb in zip(a.GetConformers(), b.GetConformers()):
+            assert np.allclose(ca.GetPositions(), cb.GetPositions(), atol=1e-6)
+            assert ca.GetDoubleProp("energy") == pytest.approx(cb.GetDoubleProp("energy"))
+
+
+def test_mmff_keeps_the_input_graph_aromatic():
+    """MMFF set-up kekulises 2-pyridone in place; the minimised conformers must keep the SMILES graph's features."""
+    smiles = "O=c1cccc[nH]1"
+    mol = embed_conformers(smiles, num_conformers=2, seed=0)
+    reference = mol_from_smiles(smiles)
+    assert [a.GetIsAromatic() for a in mol.GetAtoms()] == [a.GetIsAromatic() for a in reference.GetAtoms()]
+    assert any(a.GetIsAromatic() for a in mol.GetAtoms())
+    assert [b.GetBondType() for b in mol.GetBonds()] == [b.GetBondType() for b in reference.GetBonds()]
+    assert all(conf.HasProp("energy") for conf in mol.GetConformers())
 
 
 def _need(relative: str):
@@ -108,9 +183,8 @@ def test_read_smiles_file_formats(tmp_path):
         f.write("CCN amine\nCCCl\n\n")
     assert read_smiles_file(tmp_path / "a.csv") == [("ethanol", "CCO"), ("a:1", "c1ccccc1")]
     assert read_smiles_file(tmp_path / "b.smi.gz") == [("amine", "CCN"), ("b:1", "CCCl")]
-    (tmp_path / "c.csv").write_text("SMILES\nCCO\n")
-    with pytest.raises(ValueError, match="no 'smiles' column"):
-        read_smiles_file(tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text("SMILES,gdb_id\nCCO,7\n")  # io's one column rule: any case, known id columns
+    assert read_smiles_file(tmp_path / "c.csv") == [("7", "CCO")]
 
 
 ITEMS = [("alanine", "N[C@@H](C)C(=O)O"), ("tin", "CC[Sn](C)(C)C"), ("crotonic", "C/C=C/C(=O)O"), ("ethanol", "CCO")]
@@ -136,27 +210,40 @@ def test_build_shards_writes_logs_failures_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="different molecules or settings"):
         build_shards(ITEMS, out, num_conformers=3, shard_size=2, processes=1, progress=None)
 
-    built = read_sdf_conformers(out)
-    assert [m.GetProp("_Name") for m in built.molecules] == ["alanine", "crotonic", "ethanol"]
-    assert all(m.GetNumConformers() == 2 for m in built.molecules)
+    built = read_conformers(out)
+    assert [m.GetProp("_Name") for m in built] == ["alanine", "crotonic", "ethanol"]
+    assert [m.GetIntProp("input_index") for m in built] == [0, 2, 3]  # place in the item list
+    assert all(m.GetNumConformers() == 2 for m in built)
 
 
-def test_sdf_conformers_round_trip_positions_energies_and_stereo(tmp_path, embed):
-    from scidiff.mol.datasets import embed_conformers
-
+def test_sdf_conformers_round_trip_positions_energies_and_stereo(tmp_path):
     mols = [embed_conformers("N[C@@H](C)C(=O)O", 3, seed=1, name="ala"), embed_conformers("C/C=C/C(=O)O", 2, seed=1, name="cro")]
-    write_sdf_conformers(tmp_path / "x.sdf", mols)
+    write_conformers(tmp_path / "x.sdf", [ConformerRecord(i, m.GetProp("_Name"), m) for i, m in enumerate(mols)])
     pentavalent = Chem.MolFromSmiles("C(F)(F)(F)(F)F", sanitize=False)  # written fine, rejected on reading
     (tmp_path / "bad.sdf").write_text(Chem.MolToMolBlock(pentavalent, kekulize=False) + "$$$$\n")
-    built = read_sdf_conformers(tmp_path / "x.sdf")
-    assert built.skipped == []
-    for source, back in zip(mols, built.molecules):
+    skipped = []
+    back_mols = read_conformers(tmp_path / "x.sdf", skipped=skipped)
+    assert skipped == []
+    for source, back in zip(mols, back_mols):
         assert back.GetProp("_Name") == source.GetProp("_Name") and back.GetNumConformers() == source.GetNumConformers()
         assert Chem.MolToSmiles(Chem.RemoveHs(back)) == Chem.MolToSmiles(Chem.RemoveHs(source))
         for a, b in zip(source.GetConformers(), back.GetConformers()):
             assert np.allclose(a.GetPositions(), b.GetPositions(), atol=1e-4)
             assert b.GetDoubleProp("energy") == pytest.approx(a.GetDoubleProp("energy"), abs=1e-3)
-    folder = read_sdf_conformers(tmp_path)  # a folder reads every .sdf, reporting unreadable records
-    assert len(folder.molecules) == 2 and folder.skipped == [Skipped("bad.sdf#0", "RDKit could not read the SDF record")]
+    folder = read_conformers(tmp_path, skipped=skipped)  # a folder reads every .sdf, reporting unreadable records
+    assert len(folder) == 2 and skipped == [Failure("bad.sdf#0", "RDKit could not read the SDF record")]
+    with pytest.raises(ValueError, match="could not read"):
+        read_conformers(tmp_path / "bad.sdf")
     with pytest.raises(FileNotFoundError, match="no SDF file or folder"):
-        read_sdf_conformers(tmp_path / "missing.sdf")
+        read_conformers(tmp_path / "missing.sdf")
+
+
+def test_sdf_of_other_tools_groups_consecutive_records(tmp_path):
+    """SDFs without the dialect's input_index (older shards, other tools): consecutive same-name records are one molecule."""
+    mols = [embed_conformers("CCO", 2, seed=1, name="eth"), embed_conformers("CCO", 1, seed=2, name="eth2")]
+    with Chem.SDWriter(str(tmp_path / "plain.sdf")) as writer:
+        for mol in mols:
+            for conf in mol.GetConformers():
+                writer.write(mol, confId=conf.GetId())
+    assert [(m.GetProp("_Name"), m.GetNumConformers()) for m in read_conformers(tmp_path / "plain.sdf")] == [
+        ("eth", 2), ("eth2", 1)]

@@ -11,7 +11,8 @@ from torch_geometric.data import Batch
 
 from scidiff.core import VPDiscrete, alphas_cumprod_from_betas, cosine_betas, diffusion_loss
 from scidiff.mol.denoiser import ConformerDenoiser, DenoiserConfig, all_pairs, molecule_edges
-from scidiff.mol.featurize import featurize, mol_from_smiles, remove_mean
+from scidiff.mol.chem import mol_from_smiles
+from scidiff.mol.featurize import featurize, remove_mean
 
 EXACT = 1e-10
 

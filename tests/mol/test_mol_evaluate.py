@@ -1,8 +1,7 @@
-"""Evaluation: coverage on hand-made RMSDs, ground state, PoseBusters, baselines' determinism, the generate pipeline."""
+"""Evaluation: coverage on hand-made RMSDs, ground state, PoseBusters, strain, reference sets and ``scidiff mol evaluate``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -11,10 +10,11 @@ import pytest
 from rdkit import Chem
 
 from scidiff.mol.chem import mol_from_smiles
-from scidiff.mol.commands import add_evaluate_command, add_generate_command, generate, generate_mols
-from scidiff.mol.evaluate import (compare_table, coverage_metrics, etkdg_generator, etkdg_mmff_generator, evaluate_coverage,
-                                  evaluate_ground_state, evaluate_method, posebusters_checks, rmsd_matrix,
-                                  save_results, xtb_strain)
+from scidiff.mol.cli import main
+from scidiff.mol.evaluate import (compare_table, coverage_metrics, evaluate_coverage, evaluate_ground_state,
+                                  evaluate_method, posebusters_checks, rmsd_matrix, save_results, xtb_strain)
+from scidiff.mol.io import read_qm9
+from scidiff.mol.pipeline import etkdg_generator, etkdg_mmff_generator
 
 ASYMMETRIC = "NCC(O)CCl"  # no heavy-atom automorphism: the best match is the identity
 
@@ -58,16 +58,6 @@ def test_rmsd_matrix_and_coverage_on_hand_made_conformers():
     assert result["amr_r"]["n"] == 1
 
 
-def test_baseline_is_deterministic_per_seed_and_keeps_atom_order():
-    mol = mol_from_smiles("CC(C)Cc1ccc(cc1)[C@H](C)C(=O)O", "S-ibuprofen")
-    a, b = etkdg_generator([mol], 3, seed=5)[0], etkdg_generator([mol], 3, seed=5)[0]
-    c = etkdg_generator([mol], 3, seed=6)[0]
-    assert a.GetNumConformers() == 3
-    assert all(np.array_equal(x.GetPositions(), y.GetPositions()) for x, y in zip(a.GetConformers(), b.GetConformers()))
-    assert not np.allclose(a.GetConformer(0).GetPositions(), c.GetConformer(0).GetPositions())
-    assert [x.GetAtomicNum() for x in a.GetAtoms()] == [x.GetAtomicNum() for x in mol.GetAtoms()]
-
-
 def test_ground_state_counts_missing_as_not_recovered():
     dft = etkdg_generator([mol_from_smiles(ASYMMETRIC, "m")], 1, seed=0)[0]
     near = scaled_copies(dft, [1.05, 1.5])
@@ -95,93 +85,6 @@ def test_posebusters_flags_a_crushed_conformer():
     assert posebusters_checks([crushed])["pass_rate"] == 0.0
 
 
-def wrong_first_generator():
-    """A fake backend whose first draw has one centre inverted (unfixable) and whose resamples are right."""
-    calls = []
-
-    def generate_fn(mols, n, seed=0, **options):
-        calls.append((len(mols), n, seed, options))
-        out = etkdg_generator(mols, n, seed)
-        if len(calls) == 1:  # threonine coordinates of the allo diastereomer: partial inversion
-            allo = etkdg_generator([mol_from_smiles("C[C@H](O)[C@H](N)C(=O)O")], n, seed)[0]
-            out[0].RemoveAllConformers()
-            for conf in allo.GetConformers():
-                out[0].AddConformer(Chem.Conformer(conf), assignId=True)
-        return out
-
-    return generate_fn, calls
-
-
-def test_generate_mirrors_full_inversions_and_reports_unfixable_stereo(tmp_path):
-    def coordinates_of(smiles):  # a backend that always returns the coordinates of another stereoisomer
-        return lambda mols, n, seed=0, **_: [etkdg_generator([mol_from_smiles(smiles)], n, seed)[0] for _ in mols]
-
-    mirrored = generate("N[C@@H](C)C(=O)O", tmp_path / "a.sdf", n=2, generate_fn=coordinates_of("N[C@H](C)C(=O)O"))
-    assert mirrored.written.conformers == 2 and not mirrored.stereo_dropped  # D coordinates mirrored into L
-    flipped = generate("C/C=C\\C(=O)O", tmp_path / "b.sdf", n=2, generate_fn=coordinates_of("C/C=C/C(=O)O"),
-                       max_resample=1)
-    assert flipped.succeeded == 0 and flipped.stereo_dropped == [(0, "C/C=C\\C(=O)O", 2)]
-    assert "wrong stereo" in flipped.failed[0][2]
-
-
-def test_generate_resamples_wrong_stereo_and_reports_bad_inputs(tmp_path):
-    source = tmp_path / "in.smi"
-    source.write_text("C[C@@H](O)[C@H](N)C(=O)O thr\nC1CC broken\nCCO\n")
-    fn, calls = wrong_first_generator()
-    summary = generate(source, tmp_path / "out.sdf", n=2, generate_fn=fn, seed=3, sampler="ddim", steps=5)
-    assert summary.line() == f"2/3 molecules succeeded (4 conformers written to {tmp_path / 'out.sdf'})"
-    assert summary.failed == [(1, "broken", "line 2: bad SMILES 'C1CC' (unclosed ring)")]
-    assert calls[0][3] == {"sampler": "ddim", "steps": 5} and calls[1][:2] == (1, 2)  # one resample of both
-    assert summary.stereo_dropped == []
-    written = list(Chem.SDMolSupplier(str(tmp_path / "out.sdf"), removeHs=False))
-    assert [(m.GetProp("_Name"), m.GetIntProp("input_index")) for m in written] == [("thr", 0)] * 2 + [("CCO", 2)] * 2
-    assert written[0].GetIntProp("steps") == 5 and written[0].GetProp("relaxation") == "none"
-
-
-def test_python_api_returns_stereo_checked_molecules_in_input_order(tmp_path):
-    """Molecules or SMILES in, RDKit molecules with conformers out; a bad input is None, the rest complete."""
-    from scidiff.mol.stereo import signature_from_3d, stereo_signature
-
-    lactic = Chem.MolFromSmiles("C[C@@H](O)C(=O)O")
-    lactic.SetProp("_Name", "L-lactic")
-    out = generate_mols([lactic, "C1CC", "C/C=C/Cl"], n=3, generate_fn=etkdg_generator, seed=1)
-    assert out[1] is None and [m.GetNumConformers() for m in (out[0], out[2])] == [3, 3]
-    assert out[0].GetProp("_Name") == "L-lactic" and out[0].GetNumAtoms() == 12  # explicit hydrogens added
-    for mol, smiles in ((out[0], "C[C@@H](O)C(=O)O"), (out[2], "C/C=C/Cl")):
-        reference = stereo_signature(mol_from_smiles(smiles))
-        for conf in mol.GetConformers():
-            assert signature_from_3d(mol, conf.GetId()) == reference
-    again = generate_mols([lactic, "C1CC", "C/C=C/Cl"], n=3, generate_fn=etkdg_generator, seed=1)
-    assert np.array_equal(again[0].GetConformer(0).GetPositions(), out[0].GetConformer(0).GetPositions())
-
-
-def run_cli(argv):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    add_generate_command(sub)
-    add_evaluate_command(sub)
-    args = parser.parse_args(argv)
-    return args.mol_run(args)
-
-
-def test_cli_exit_status_determinism_and_model_generation(tmp_path, capsys):
-    outs = [tmp_path / f"{i}.sdf" for i in range(4)]
-    assert run_cli(["generate", "N[C@@H](C)C(=O)O", "-n", "3", "-o", str(outs[0]), "--relax", "mmff", "--no-progress"]) == 0
-    assert "1/1 molecules succeeded" in capsys.readouterr().out
-    run_cli(["generate", "N[C@@H](C)C(=O)O", "-n", "3", "-o", str(outs[1]), "--relax", "mmff", "--no-progress"])
-    assert outs[0].read_text() == outs[1].read_text()  # same seed, same file
-    assert run_cli(["generate", "C1CC", "-o", str(outs[2]), "--no-progress"]) == 1  # nothing generated
-    missing = str(tmp_path / "missing.safetensors")
-    assert run_cli(["generate", "CCO", "-o", str(outs[3]), "--method", "scidiff", "--checkpoint", missing,
-                    "--no-progress"]) == 2
-    assert "no inference weights at" in capsys.readouterr().err
-    assert not outs[3].exists() and not (tmp_path / "3.sdf.partial").exists()
-    # The bundled model generates (quality is benchmarked elsewhere); every written record passed the stereo check.
-    assert run_cli(["generate", "N[C@@H](C)C(=O)O", "-n", "2", "-o", str(outs[3]), "--method", "scidiff",
-                    "--no-progress"]) == 0
-    assert "1/1 molecules succeeded" in capsys.readouterr().out
-
-
 @pytest.mark.slow
 def test_xtb_strain_of_raw_etkdg_is_positive():
     pytest.importorskip("tblite", reason="tblite not installed (optional GFN2-xTB dependency)")
@@ -193,8 +96,6 @@ def test_xtb_strain_of_raw_etkdg_is_positive():
 
 def test_ground_state_on_qm9_dft():
     try:
-        from scidiff.mol.datasets import read_qm9
-
         built = read_qm9("test", limit=5)
     except FileNotFoundError as exc:
         pytest.skip(f"QM9 DFT data absent: {exc}")
@@ -202,20 +103,11 @@ def test_ground_state_on_qm9_dft():
     assert result["ground_state"]["n_molecules"] == len(built.molecules) and result["ground_state"]["median"] < 0.5
 
 
-def test_mmff_baseline_keeps_the_input_graph_flags():
-    # MMFF's own aromaticity model would turn 2-pyridone's ring bonds non-aromatic in place and break RMSD matching
-    mol = mol_from_smiles("O=c1cccc[nH]1")
-    relaxed = etkdg_mmff_generator([mol], 2, seed=0)[0]
-    assert [b.GetIsAromatic() for b in relaxed.GetBonds()] == [b.GetIsAromatic() for b in mol.GetBonds()]
-    assert relaxed.GetConformer(0).HasProp("mmff_energy")
-    assert np.isfinite(rmsd_matrix(etkdg_generator([mol], 1, seed=1)[0], relaxed)).all()
-
-
 def test_evaluate_on_a_smiles_table_scores_validity_and_names_bad_lines(tmp_path, capsys):
     table = tmp_path / "mine.csv"
     table.write_text("smiles,id\nC[C@H](N)C(=O)O,L-ala\nC1CC,broken\nOC(=O)/C=C/C(=O)O,fumaric\n")
     out = tmp_path / "result.json"
-    assert run_cli(["evaluate", "--reference", str(table), "--method", "etkdg", "-n", "2", "--json", str(out)]) == 0
+    assert main(["evaluate", "--reference", str(table), "--method", "etkdg", "-n", "2", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "2 molecules, 1 skipped" in printed and "GS median" not in printed  # no reference geometry: no RMSD columns
     result = json.loads(out.read_text())["results"][0]

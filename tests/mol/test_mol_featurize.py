@@ -9,15 +9,8 @@ from rdkit import Chem
 from rdkit.Chem import rdMolTransforms
 from torch_geometric.data import Batch
 
-from scidiff.mol.featurize import (
-    EDGE_DIM,
-    MAX_HOPS,
-    NODE_DIM,
-    MoleculeError,
-    featurize,
-    mol_from_smiles,
-    remove_mean,
-)
+from scidiff.mol.chem import MoleculeError, mol_from_smiles, prepare_mol
+from scidiff.mol.featurize import EDGE_DIM, MAX_HOPS, NODE_DIM, featurize, remove_mean
 
 # Column offsets inside edge_attr, derived from the documented layout: hops, bond type(4), conj, ring, E/Z, cis, trans, slot(4).
 HOP = slice(0, MAX_HOPS)
@@ -149,10 +142,12 @@ def test_sdf_molecule_keeps_coordinates_and_stereo(embed):
     reference = featurize(source)
     assert data.name == "L-alanine" and torch.equal(data.chirality, reference.chirality)
     assert data.pos.shape == (13, 3)
-    heavy = Chem.MolFromMolBlock(block)  # hydrogens stripped: the featuriser adds them back, in 3D
-    assert featurize(heavy).num_nodes == 13
+    heavy = Chem.MolFromMolBlock(block)  # hydrogens stripped: preparing adds them back, in 3D
+    with pytest.raises(MoleculeError, match=r"implicit hydrogens on atoms \[0, 1, 2, 5\]: prepare the molecule first"):
+        featurize(heavy)
+    assert featurize(prepare_mol(heavy)).num_nodes == 13
     with pytest.raises(MoleculeError, match=r"coords have shape \(6, 3\) but the molecule has 13 atoms"):
-        featurize(heavy, heavy.GetConformer().GetPositions())
+        featurize(prepare_mol(heavy), heavy.GetConformer().GetPositions())
 
 
 def test_remove_mean_zeroes_each_graph_centre():

@@ -1,16 +1,21 @@
-"""Input parsing (SMILES, .smi, .csv, .sdf) with line-numbered errors, and the stereo-checked SDF writer."""
+"""Every file format: input parsing (SMILES, .smi, .csv, .sdf) with line-numbered failures, the conformer SDF dialect
+(written incrementally, read back grouped), the QM9 npz reader."""
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rdkit import Chem
 
+from scidiff.data import data_path
 from scidiff.mol.chem import mol_from_smiles
-from scidiff.mol.evaluate import etkdg_conformers
-from scidiff.mol.io import ConformerRecord, ConformerWriter, iter_inputs, read_conformers, read_inputs, write_conformers
+from scidiff.mol.featurize import featurize
+from scidiff.mol.forcefield import etkdg_conformers
+from scidiff.mol.io import (ConformerRecord, ConformerWriter, iter_inputs, read_conformers, read_inputs, read_qm9,
+                            write_conformers)
 from scidiff.mol.stereo import check_conformers, stereo_signature
 
 MIXED_CSV = """\
@@ -30,8 +35,8 @@ def test_csv_with_header_keeps_going_past_bad_lines(tmp_path):
     records = read_inputs(path)
     assert [(r.index, r.name, r.ok, r.line) for r in records] == [
         (0, "L-alanine", True, 2), (1, "broken ring", False, 4), (2, "tin", False, 6), (3, "crotonic", True, 7)]
-    assert records[1].error == "line 4: bad SMILES 'C1CC' (unclosed ring)"
-    assert records[2].error.startswith("line 6: unsupported element Sn (atom 2)")
+    assert records[1].failure.reason == "line 4: bad SMILES 'C1CC' (unclosed ring)"
+    assert records[2].failure.reason.startswith("line 6: unsupported element Sn (atom 2)")
     assert records[0].mol.GetNumAtoms() == 13  # explicit hydrogens
 
 
@@ -42,21 +47,20 @@ def test_smi_without_header_any_separator(tmp_path, sep):
         handle.write(f"CCO{sep}ethanol\nC(C\nc1ccccc1{sep}benzene\nCCN\n")
     records = read_inputs(path)
     assert [r.name for r in records] == ["ethanol", "C(C", "benzene", "CCN"]  # no id: the SMILES names it
-    assert records[1].error.startswith("line 2: bad SMILES 'C(C'")
+    assert records[1].failure.reason.startswith("line 2: bad SMILES 'C(C'")
 
 
 def test_smiles_argument_and_missing_file():
     [record] = read_inputs("N[C@@H](C)C(=O)O")
     assert record.ok and record.index == 0 and record.line is None
     [bad] = read_inputs("C1CC")
-    assert bad.error == "SMILES argument: bad SMILES 'C1CC' (unclosed ring)"
+    assert bad.failure.reason == "SMILES argument: bad SMILES 'C1CC' (unclosed ring)"
     with pytest.raises(FileNotFoundError, match="no input file"):
         read_inputs("missing.smi")
 
 
 def generated(smiles: str, name: str, index: int, n: int = 2) -> ConformerRecord:
-    mol = mol_from_smiles(smiles, name=name)
-    return ConformerRecord(index, name, etkdg_conformers(mol, n, seed=1), mol)
+    return ConformerRecord(index, name, etkdg_conformers(mol_from_smiles(smiles, name=name), n, seed=1))
 
 
 def test_sdf_round_trip_keeps_identity_and_stereo(tmp_path):
@@ -74,20 +78,20 @@ def test_sdf_round_trip_keeps_identity_and_stereo(tmp_path):
     # read back as multi-conformer mols and as generation input: the same stereo as the original inputs
     for original, back in zip(records, read_conformers(path)):
         assert back.GetNumConformers() == original.mol.GetNumConformers()
-        assert all(r.ok for r in check_conformers(back, original.reference))
+        assert all(r.ok for r in check_conformers(back, original.mol))
     for original, record in zip([records[0]] * 2 + [records[1]] * 3, iter_inputs(path)):
-        assert stereo_signature(record.mol).smiles == stereo_signature(original.reference).smiles
+        assert stereo_signature(record.mol).smiles == stereo_signature(original.mol).smiles
 
 
-def test_writer_refuses_wrong_stereo_and_keeps_partial_output_on_failure(tmp_path):
+def test_writer_keeps_partial_output_on_failure(tmp_path):
+    """Stereo is the pipeline's check (test_mol_evaluate); the writer's promise is never a truncated OUT."""
     good = generated("N[C@@H](C)C(=O)O", "L-alanine", 0)
-    d_alanine = generated("N[C@H](C)C(=O)O", "D-alanine", 1)
-    wrong = ConformerRecord(1, "claims L", d_alanine.mol, good.reference)  # D coordinates, L input
+    crotonic = generated("C/C=C/C(=O)O", "crotonic", 1)
     path = tmp_path / "out.sdf"
 
     def records():
         yield good
-        yield wrong
+        yield crotonic
         raise RuntimeError("generator crashed")
 
     with pytest.raises(RuntimeError, match="crashed"):
@@ -96,9 +100,8 @@ def test_writer_refuses_wrong_stereo_and_keeps_partial_output_on_failure(tmp_pat
                 writer.write(record)
     assert not path.exists()  # never a truncated OUT
     kept = list(Chem.SDMolSupplier(str(tmp_path / "out.sdf.partial"), removeHs=False))
-    assert [m.GetProp("_Name") for m in kept] == ["L-alanine", "L-alanine"]  # the wrong-stereo conformers refused
-    assert [(r.name, r.conf_id) for r in writer.report.rejected] == [("claims L", 0), ("claims L", 1)]
-    assert "inverted centres" in writer.report.rejected[0].reason
+    assert [m.GetProp("_Name") for m in kept] == ["L-alanine"] * 2 + ["crotonic"] * 2
+    assert writer.report.conformers == 4 and not writer.report.rejected
 
 
 def test_writer_refuses_implicit_hydrogens(tmp_path):
@@ -116,5 +119,36 @@ def test_sdf_input_names_lines_of_bad_records(tmp_path):
     records = read_inputs(path)
     assert [r.ok for r in records] == [True, False, True]
     tin_line = good.count("\n") + 2
-    assert records[1].error.startswith(f"line {tin_line}: unsupported element Sn")
+    assert records[1].failure.reason.startswith(f"line {tin_line}: unsupported element Sn")
     assert records[0].name == "ethanol" and records[1].name == "mol1"
+
+
+@pytest.fixture
+def qm9_train():
+    try:
+        return data_path("qm9/qm9_dft_train.npz")
+    except FileNotFoundError as exc:
+        pytest.skip(f"QM9 DFT split not available: {exc}")
+
+
+def test_read_qm9_keeps_dft_geometry_and_reports_skips(qm9_train):
+    built = read_qm9("train", limit=300)
+    assert len(built.molecules) + len(built.skipped) == 300
+    assert len(built.skipped) < 0.1 * 300 and all(s.name.startswith("gdb_") and s.reason for s in built.skipped)
+    with np.load(qm9_train) as arrays:
+        position = {int(g): (p[:n], z[:n]) for g, p, z, n in
+                    zip(arrays["index"][:300], arrays["positions"][:300], arrays["charges"][:300], arrays["num_atoms"][:300])}
+    for mol in built.molecules[:50]:
+        pos, z = position[mol.GetIntProp("gdb_id")]
+        assert mol.GetProp("_Name") == f"gdb_{mol.GetIntProp('gdb_id')}"
+        assert [a.GetAtomicNum() for a in mol.GetAtoms()] == z.tolist()
+        assert np.allclose(mol.GetConformer().GetPositions(), pos, atol=1e-5)
+        featurize(mol, mol.GetConformer().GetPositions())
+
+
+def test_read_qm9_without_data_names_the_expected_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCIDIFF_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="qm9_dft_test.npz"):
+        read_qm9("test")
+    with pytest.raises(ValueError, match="split must be one of train, test"):
+        read_qm9("valid")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rdkit import Chem
 
 from scidiff.mol.chem import mol_from_smiles
-from scidiff.mol.evaluate import etkdg_conformers
+from scidiff.mol.forcefield import etkdg_conformers
 from scidiff.mol.stereo import (check_conformers, check_stereo, conformers_to_resample, fix_stereo, stereo_signature)
 
 # Same atom order in each pair: only the stereo marks differ.

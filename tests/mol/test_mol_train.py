@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from scidiff.core.config import build_diffusion, compose, to_container
-from scidiff.core.trainer import TrainConfig, train
-from scidiff.mol.datasets import embed_conformers
+from scidiff.core import TrainConfig, build_diffusion, train
+from scidiff.core.config import compose, to_container
+from scidiff.mol.build import embed_conformers
 from scidiff.mol.denoiser import ConformerDenoiser, DenoiserConfig
 from scidiff.mol.featurize import remove_mean
 from scidiff.mol.train import (

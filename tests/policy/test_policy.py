@@ -5,7 +5,10 @@ import json
 import pytest
 import torch
 
+from scidiff.core import SamplerSpec
+from scidiff.core.checkpoint import load_inference, save_inference
 from scidiff.policy import DiffusionPolicy, load_policy, save_policy
+from scidiff.policy.policy import POLICY_CONFIG_KEY
 
 To, Tp, Ta, OBS, ACT = 2, 8, 4, 3, 2
 SMALL = dict(horizon=Tp, n_obs_steps=To, n_action_steps=Ta, down_dims=[32, 64], step_embed_dim=32)
@@ -88,11 +91,35 @@ def test_load_rejects_files_without_config(tmp_path):
     save_file({"w": torch.zeros(1)}, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a scidiff inference file"):
         load_policy(tmp_path / "x.safetensors")
-    from scidiff.core.checkpoint import save_inference
-
     save_inference(tmp_path / "toy.safetensors", {"w": torch.zeros(1)}, {"model": {}})
     with pytest.raises(ValueError, match="not of a policy"):
         load_policy(tmp_path / "toy.safetensors")
+
+
+def test_policy_files_record_their_task_and_files_of_other_tasks_are_refused(tmp_path):
+    policy = make_policy()
+    path = save_policy(policy, tmp_path / "policy.safetensors", run_config={"task": "toy", "note": "n"})
+    assert load_inference(path)[1]["task"] == "policy"  # save_policy's own task wins over a copied run config
+    state, config = load_inference(path)
+    save_inference(tmp_path / "mol.safetensors", state, {**config, "task": "mol"})
+    with pytest.raises(ValueError, match="holds weights of task 'mol', not 'policy'"):
+        load_policy(tmp_path / "mol.safetensors")
+    # save_policy files written before the task was recorded carry only the policy config, and still load.
+    save_inference(tmp_path / "old.safetensors", state, {POLICY_CONFIG_KEY: config[POLICY_CONFIG_KEY]})
+    assert load_policy(tmp_path / "old.safetensors").config() == policy.config()
+
+
+def test_env_id_round_trips_through_the_file(tmp_path):
+    policy = DiffusionPolicy(OBS, ACT, env_id="scidiff/Particle-v0", **SMALL)
+    assert load_policy(save_policy(policy, tmp_path / "p.safetensors")).env_id == "scidiff/Particle-v0"
+    assert make_policy().env_id is None
+
+
+def test_a_sampler_spec_samples_like_its_name_and_steps():
+    policy, obs = make_policy(), toy_batch(3)["obs"]
+    by_spec = policy.predict_action(obs, SamplerSpec("heun", 3, {"churn": 0.5}), generator=torch.Generator().manual_seed(2))
+    by_name = policy.predict_action(obs, sampler="heun", steps=3, churn=0.5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(by_spec["action_pred"], by_name["action_pred"], rtol=0, atol=0)
 
 
 def test_default_process_is_chi_recipe():

@@ -61,7 +61,11 @@ def tiny_policy(obs_dim=10):
     return policy.fit_normalizers(torch.rand(64, obs_dim), torch.rand(64, 2))
 
 
-def test_rollout_cli_writes_summary_json_and_video(tmp_path, capsys):
+def test_rollout_cli_writes_summary_json_and_video(tmp_path, capsys, monkeypatch):
+    import envs.video
+
+    written_fps, write_video = [], envs.video.write_video
+    monkeypatch.setattr(envs.video, "write_video", lambda *a, fps: written_fps.append(fps) or write_video(*a, fps=fps))
     path = save_policy(tiny_policy(), tmp_path / "p.safetensors")
     out = tmp_path / "r.json"
     code = main(["policy", "rollout", "--checkpoint", str(path), "--env", "scidiff/Particle-v0", "--episodes", "3",
@@ -74,7 +78,7 @@ def test_rollout_cli_writes_summary_json_and_video(tmp_path, capsys):
         assert key in summary, key
     assert summary["episodes"] == 3 and summary["sampler"] == "ddim" and summary["steps"] == 2
     assert [e["seed"] for e in summary["per_episode"]] == [7, 8, 9]
-    assert (tmp_path / "v.gif").stat().st_size > 0
+    assert (tmp_path / "v.gif").stat().st_size > 0 and written_fps == [20]  # the particle env's render_fps
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 3
 
 
@@ -110,6 +114,13 @@ def test_gym_pusht_adapter_matches_the_envs_own_keypoints(seed):
     assert wrapped.observation_space.shape == (20,)
 
 
+def test_video_fps_is_the_envs_render_fps():
+    from scidiff.policy.cli import video_fps
+
+    assert video_fps("scidiff/PushT-keypoints-v0") == PushTEnv.metadata["render_fps"] == 10
+    assert video_fps("scidiff/Particle-v0") == 20
+
+
 def test_bundled_pusht_weights_load_with_chi_horizons_and_provenance():
     from scidiff.policy import load_policy
     from scidiff.policy.cli import BUNDLED_WEIGHTS, default_env
@@ -117,6 +128,7 @@ def test_bundled_pusht_weights_load_with_chi_horizons_and_provenance():
 
     policy = load_policy(BUNDLED_WEIGHTS)
     assert (policy.obs_dim, policy.action_dim) == (20, 2) and default_env(policy.obs_dim) == "scidiff/PushT-keypoints-v0"
+    assert policy.env_id is None  # trained before policies recorded their env: rollout falls back to default_env
     assert (policy.horizon, policy.n_obs_steps, policy.n_action_steps) == (16, 2, 8)
     run_config = load_inference(BUNDLED_WEIGHTS)[1]
     # Trained on all human episodes except the validation split (Chi et al.'s protocol caps training at 90).

@@ -1,11 +1,15 @@
 """The policy task end to end: Hydra config -> expert data -> the core's train() -> rollouts; resume through the trainer."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from scidiff.cli import main
 from scidiff.core.checkpoint import load_training_state
 from scidiff.core.config import compose, to_container
+from scidiff.policy import cli as policy_cli
 from scidiff.policy import load_policy
 from scidiff.policy import train as policy_train
 from scidiff.policy.rollout import rollout, summarize
@@ -32,6 +36,7 @@ def test_tiny_particle_policy_trains_and_beats_random_targets(tmp_path):
     result = policy_train.train_from_config(cfg)
     assert result.step == 300 and (tmp_path / "run" / "expert_data.zarr").is_dir()
     policy = load_policy(tmp_path / "run" / "model.safetensors")  # the trainer's EMA file loads as a policy
+    assert policy.env_id == "scidiff/Particle-v0"
     # 300 steps of a 0.1 M-parameter U-Net are not precise enough for the 0.05 goal radius; a 0.1 radius shows
     # the closed loop works. Random targets never visit both goals on these seeds.
     easier = {"goal_radius": 0.1}
@@ -40,6 +45,26 @@ def test_tiny_particle_policy_trains_and_beats_random_targets(tmp_path):
     random = summarize(*rollout(RandomPolicy(), "scidiff/Particle-v0", episodes=20, seed=10_000, progress=False,
                                 env_kwargs=easier)[:2])["success_rate"]
     assert random == 0.0 and score >= 0.15, (score, random)
+
+
+def test_trained_policy_stores_its_env_and_rollout_defaults_to_it(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    policy_train.train_from_config(particle_config(tmp_path / "run", **{"trainer.max_steps": 2, "data.episodes": 6}))
+    checkpoint = tmp_path / "run" / "model.safetensors"
+    assert load_policy(checkpoint).env_id == "scidiff/Particle-v0"
+    monkeypatch.setattr(policy_cli, "default_env", lambda obs_dim: pytest.fail("the stored env was not used"))
+    out = tmp_path / "r.json"
+    assert main(["policy", "rollout", "--checkpoint", str(checkpoint), "--episodes", "1", "--steps", "1",
+                 "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["env"] == "scidiff/Particle-v0"
+
+
+def test_trained_env_is_the_eval_env_else_the_data_env(tmp_path):
+    eval_env = particle_config(tmp_path, **{"policy.eval.env": "scidiff/PushT-v0"})
+    assert policy_train.trained_env(eval_env) == "scidiff/PushT-v0"
+    assert policy_train.trained_env(particle_config(tmp_path, **{"policy.eval.env": "null"})) == "scidiff/Particle-v0"
+    pusht = to_container(compose(["experiment=pusht_keypoints"]))  # human data: only the eval env names it
+    assert policy_train.trained_env(pusht) == "scidiff/PushT-keypoints-v0"
 
 
 def test_resumed_policy_run_equals_uninterrupted(tmp_path, monkeypatch):

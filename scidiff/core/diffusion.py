@@ -1,0 +1,60 @@
+"""A diffusion model's fixed choices as two objects: the process with its parameterisation, and a sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from .loss import diffusion_loss
+from .prediction import Network, x0_denoiser
+from .process import NoiseProcess
+from .samplers import Denoiser, SampleResult, check_sampler, sample
+
+__all__ = ["Diffusion", "SamplerSpec"]
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    """A noise process with the network's parameterisation and the loss weighting."""
+
+    process: NoiseProcess
+    prediction: str
+    weighting: str = "none"
+    min_snr_gamma: float = 5.0
+
+    def loss(self, net: Network, x0: Tensor, **kwargs: Any) -> Tensor:
+        """The denoising loss of ``net`` on clean ``x0``; kwargs go to diffusion_loss (generator=, batch=, ...)."""
+        return diffusion_loss(net, x0, self.process, self.prediction, self.weighting,
+                              min_snr_gamma=self.min_snr_gamma, **kwargs)
+
+    def denoiser(self, net: Network, clip: float | None = None) -> Denoiser:
+        """The sampler's (x_t, t) -> x0 estimate of ``net``, optionally clipped to [-clip, clip]."""
+        return x0_denoiser(net, self.process, self.prediction, clip=clip)
+
+    def sample(self, net: Network, shape: tuple[int, ...], sampler: SamplerSpec, *, clip: float | None = None,
+               **kwargs: Any) -> SampleResult:
+        """Samples of ``net``'s model drawn with ``sampler``; kwargs go to the sampler (generator, device, pin, ...)."""
+        return sampler.run(self.denoiser(net, clip), shape, self.process, **kwargs)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A named sampler with its step count and options; ``run`` draws samples with it."""
+
+    name: str
+    steps: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, denoise: Denoiser, shape: tuple[int, ...], process: NoiseProcess, **kwargs: Any) -> SampleResult:
+        """Samples of ``denoise`` under ``process``; kwargs go to the sampler (generator, device, project, pin)."""
+        return sample(denoise, shape, process, self.name, self.steps, **self.options, **kwargs)
+
+    def with_overrides(self, name: str | None = None, steps: int | None = None) -> SamplerSpec:
+        """This spec with another sampler and/or step count; options are kept only when the sampler name is unchanged.
+        Validated with check_sampler."""
+        name = self.name if name is None else name
+        steps = self.steps if steps is None else steps
+        check_sampler(name, steps)
+        return SamplerSpec(name, steps, dict(self.options) if name == self.name else {})

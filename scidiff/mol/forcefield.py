@@ -1,0 +1,129 @@
+"""Embedding and relaxation, the one place for both: ETKDGv3 conformers, MMFF94 and GFN2-xTB minimisation, xTB energies.
+
+Torch-free, so conformer-building worker processes start fast. Every function works on an RDKit molecule's
+conformers in place or on a copy it returns; coordinates are in Å, energies in kcal/mol.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from rdkit import Chem, rdBase
+from rdkit.Chem import AllChem
+
+__all__ = ["RELAXATIONS", "HARTREE_TO_KCAL", "etkdg_embed", "etkdg_conformers", "mmff_relax", "xtb_energy",
+           "xtb_relax", "relax_conformers"]
+
+log = logging.getLogger(__name__)
+
+RELAXATIONS = ("none", "mmff", "xtb")
+HARTREE_TO_KCAL = 627.509474
+BOHR_PER_ANGSTROM = 1.0 / 0.52917721092
+
+
+def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0) -> list[int]:
+    """Embed n ETKDGv3 conformers into mol in place (Riniker & Landrum 2015; Wang et al. 2020); returns their ids."""
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
+    params.enableSequentialRandomSeeds = True
+    params.numThreads = 1
+    with rdBase.BlockLogs():
+        ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+        if len(ids) < n:  # random-coordinate starts rescue molecules where eigenvalue embedding fails
+            mol.RemoveAllConformers()
+            params.useRandomCoords = True
+            ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+    return ids
+
+
+def mmff_relax(mol: Chem.Mol, max_iters: int = 2000, energy_prop: str = "mmff_energy") -> list[tuple[int, float]] | None:
+    """MMFF94-minimise every conformer (Halgren 1996), energies (kcal/mol) in ``energy_prop``; None if unparameterised.
+
+    Returns RDKit's (not_converged, energy) per conformer.
+    """
+    # MMFF set-up re-perceives aromaticity in place with its own model (2-pyridone loses its aromatic flags), which
+    # would change the graph's features and break substructure matching: minimise a copy, copy coordinates back.
+    work = Chem.Mol(mol)
+    if work.GetNumConformers() == 0 or not AllChem.MMFFHasAllMoleculeParams(work):
+        return None
+    results = AllChem.MMFFOptimizeMoleculeConfs(work, maxIters=max_iters, numThreads=1)
+    for conf, minimised, (_, energy) in zip(mol.GetConformers(), work.GetConformers(), results):
+        conf.SetPositions(minimised.GetPositions())
+        conf.SetDoubleProp(energy_prop, float(energy))
+    return results
+
+
+def etkdg_conformers(mol: Chem.Mol, n: int, seed: int = 0, mmff: bool = False, mmff_iters: int = 2000,
+                     energy_prop: str = "mmff_energy") -> Chem.Mol:
+    """n ETKDGv3 conformers of a prepared mol in a copy (same atom order), MMFF94-minimised when ``mmff``.
+
+    Conformer i uses seed + i, so the result depends only on (mol, n, seed). A failure gives zero conformers and a
+    ``generation_error`` property instead of an exception; unparameterised MMFF leaves the ETKDG geometries without
+    ``energy_prop``.
+    """
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    if not etkdg_embed(out, n, seed):
+        out.SetProp("generation_error", "ETKDG could not embed any conformer")
+        return out
+    if mmff:
+        mmff_relax(out, max_iters=mmff_iters, energy_prop=energy_prop)
+    return out
+
+
+def _xtb_calculator(mol: Chem.Mol, positions: np.ndarray):
+    """A silent GFN2-xTB calculator (Bannwarth et al. 2019) from tblite; positions in Angstrom."""
+    try:
+        from tblite.interface import Calculator
+    except ImportError as exc:
+        raise ImportError("GFN2-xTB energies need the tblite package: pip install tblite") from exc
+
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    calc = Calculator("GFN2-xTB", numbers, positions * BOHR_PER_ANGSTROM, charge=float(Chem.GetFormalCharge(mol)))
+    calc.set("verbosity", 0)
+    return calc
+
+
+def xtb_energy(mol: Chem.Mol, conf_id: int = -1) -> float:
+    """GFN2-xTB total energy of one conformer, kcal/mol."""
+    calc = _xtb_calculator(mol, mol.GetConformer(conf_id).GetPositions())
+    return float(calc.singlepoint().get("energy")) * HARTREE_TO_KCAL
+
+
+def xtb_relax(mol: Chem.Mol, conf_id: int = -1, steps: int = 100, gtol: float = 5e-4) -> float:
+    """L-BFGS minimisation of one conformer on the GFN2-xTB surface, in place; returns the final energy (kcal/mol).
+
+    ``gtol`` in Hartree/Bohr; ``steps`` bounds the cost (a few steps already remove most strain).
+    """
+    from scipy.optimize import minimize
+
+    conf = mol.GetConformer(conf_id)
+    start = conf.GetPositions() * BOHR_PER_ANGSTROM
+    calc = _xtb_calculator(mol, conf.GetPositions())
+
+    def energy_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
+        calc.update(positions=x.reshape(-1, 3))
+        result = calc.singlepoint()
+        return float(result.get("energy")), np.asarray(result.get("gradient")).ravel()
+
+    fit = minimize(energy_and_gradient, start.ravel(), jac=True, method="L-BFGS-B",
+                   options={"maxiter": steps, "gtol": gtol})
+    for i, p in enumerate(fit.x.reshape(-1, 3) / BOHR_PER_ANGSTROM):
+        conf.SetAtomPosition(i, p.tolist())
+    return float(fit.fun) * HARTREE_TO_KCAL
+
+
+def relax_conformers(mol: Chem.Mol, relax: str, xtb_steps: int = 200) -> None:
+    """Relax every conformer in place: 'none', 'mmff' (MMFF94, skipped with a warning when unparameterised) or 'xtb'."""
+    if relax not in RELAXATIONS:
+        raise ValueError(f"relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
+    if relax == "none" or mol.GetNumConformers() == 0:
+        return
+    if relax == "mmff":
+        if mmff_relax(mol) is None:
+            log.warning("%s: no MMFF94 parameters, conformers left unrelaxed", mol.GetProp("_Name"))
+    else:
+        for conf in mol.GetConformers():
+            conf.SetDoubleProp("xtb_energy", xtb_relax(mol, conf.GetId(), steps=xtb_steps))
