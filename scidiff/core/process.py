@@ -89,9 +89,17 @@ class NoiseProcess:
         """Draw n training times."""
         raise NotImplementedError
 
-    def sampling_times(self, steps: int) -> Tensor:
-        """steps + 1 times from the noisiest to the clean end (float64, CPU)."""
+    def sampling_times(self, steps: int, t_max: float | None = None) -> Tensor:
+        """steps + 1 times from the noisiest (or from ``t_max``, to start part-way: SDEdit) to the clean end (float64, CPU)."""
         raise NotImplementedError
+
+    def _check_t_max(self, t_max: float | None, lo: float, hi: float) -> float:
+        """The start time of a grid: the process's noisiest time ``hi`` unless a valid ``t_max`` in (lo, hi] is given."""
+        if t_max is None:
+            return hi
+        if not lo < t_max <= hi:
+            raise ValueError(f"sampler t_start must lie in ({lo:g}, {hi:g}] for process {self.name!r}, got {t_max}")
+        return float(t_max)
 
     def network_time(self, t: Tensor) -> Tensor:
         """The scalar fed to the network's noise-level embedding (roughly in [0, 1000] for every process)."""
@@ -168,11 +176,19 @@ class VPDiscrete(NoiseProcess):
     def sample_train_t(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         return torch.randint(0, self.num_steps, (n,), generator=generator, device=device).to(torch.float32)
 
-    def sampling_times(self, steps: int) -> Tensor:
-        """Integer times by diffusers' spacing rule ('leading', 'trailing' or 'linspace'), then the clean end -1."""
+    def sampling_times(self, steps: int, t_max: float | None = None) -> Tensor:
+        """Integer times by diffusers' spacing rule ('leading', 'trailing' or 'linspace'), then the clean end -1.
+
+        From ``t_max``: ``steps`` evenly spaced integer times from t_max down to 0 (a part-way start has no
+        diffusers convention to follow)."""
         T = self.num_steps
         if steps > T:
             raise ValueError(f"sampler.steps={steps} exceeds the process's {T} discrete steps")
+        if t_max is not None:
+            start = self._check_t_max(t_max, -1.0, T - 1.0)
+            ts = torch.linspace(0, start, steps, dtype=torch.float64).round().flip(0) if steps > 1 else \
+                torch.tensor([round(start)], dtype=torch.float64)
+            return torch.cat([ts, torch.tensor([-1.0], dtype=torch.float64)])
         if self.spacing == "leading":
             ts = (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0)
         elif self.spacing == "trailing":
@@ -227,10 +243,12 @@ class EDM(NoiseProcess):
         z = torch.randn(n, generator=generator, device=device)
         return (self.p_mean + self.p_std * z).exp()
 
-    def sampling_times(self, steps: int) -> Tensor:
-        """sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0 (Karras et al. 2022, eq. 5)."""
+    def sampling_times(self, steps: int, t_max: float | None = None) -> Tensor:
+        """sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0 (Karras et al. 2022, eq. 5);
+        smax = ``t_max`` for a part-way start."""
         i = torch.arange(steps, dtype=torch.float64)
-        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        start = self._check_t_max(t_max, self.sigma_min, self.sigma_max)
+        lo, hi = self.sigma_min ** (1 / self.rho), start ** (1 / self.rho)
         ramp = i / max(steps - 1, 1)
         sigmas = (hi + ramp * (lo - hi)) ** self.rho
         return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
@@ -278,10 +296,12 @@ class Flow(NoiseProcess):
             return torch.rand(n, generator=generator, device=device)
         return torch.sigmoid(torch.randn(n, generator=generator, device=device))
 
-    def sampling_times(self, steps: int) -> Tensor:
-        """Uniform grid from 1 to 0, optionally shifted towards noise: t' = s t / (1 + (s - 1) t) (Esser et al. 2024)."""
+    def sampling_times(self, steps: int, t_max: float | None = None) -> Tensor:
+        """Uniform grid from 1 (or ``t_max``) to 0, optionally shifted towards noise: t' = s t / (1 + (s - 1) t)
+        (Esser et al. 2024)."""
         t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        return self.shift * t / (1 + (self.shift - 1) * t)
+        shifted = self.shift * t / (1 + (self.shift - 1) * t)
+        return shifted * self._check_t_max(t_max, 0.0, 1.0)
 
     def network_time(self, t: Tensor) -> Tensor:
         return 1000.0 * t.to(torch.float32)

@@ -40,10 +40,15 @@ Projection = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class Pin:
-    """Entries of the sample held at known clean values (``mask`` True), noised to each step's level."""
+    """Entries of the sample held at known clean values (``mask`` True), noised to each step's level.
+
+    The noise is a Gaussian draw kept for the whole run, or ``noise``: for a process from an informative source the
+    pinned entries' own source values (for atoms whose seed already sits at the wanted place, the pin then holds them
+    still)."""
 
     mask: Tensor
     value: Tensor
+    noise: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class _Steps:
         self.alpha = process.alpha(ts).tolist()
         self.sigma = process.sigma(ts).tolist()
         self.process, self.project, self.pin = process, project, pin
-        self.pin_noise = _randn_like(pin.value, generator) if pin is not None else None
+        self.pin_noise = None if pin is None else pin.noise if pin.noise is not None else _randn_like(pin.value, generator)
         if len(self.t) < 2:
             raise ValueError("the sampling grid needs at least 2 times (steps >= 1)")
         if self.sigma[-1] != 0.0:
@@ -214,10 +219,28 @@ def check_sampler(name: str, steps: int) -> None:
 def sample(denoise: Denoiser, shape: tuple[int, ...], process: NoiseProcess, sampler: str = "ddim", steps: int = 10, *,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
            dtype: torch.dtype = torch.float32, project: Projection | None = None, pin: Pin | None = None,
+           t_start: float | None = None, x_start: Tensor | None = None, source: Tensor | None = None,
            **options) -> SampleResult:
-    """Draw x at the noisiest grid time (sigma(t_0) * N(0, I)) and run the named sampler to the clean end."""
+    """Start at the noisiest grid time (or ``t_start``) with x = alpha x_start + sigma eps and run the named sampler
+    to the clean end.
+
+    eps is N(0, I), or ``source``: a given sample in the noise's place, for a process whose far end is an informative
+    distribution (a bridge or flow from force-field conformers, a previous action plan) rather than Gaussian noise.
+    ``x_start`` with ``t_start`` is SDEdit (Meng et al. 2022): a given sample noised part-way and denoised; without
+    ``x_start`` the alpha term is left out, as for a pure-noise start.
+    """
     check_sampler(sampler, steps)
-    ts = process.sampling_times(steps)
-    sigma0 = process.sigma(ts[:1]).item()
-    x = sigma0 * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    ts = process.sampling_times(steps, t_start)
+    alpha0, sigma0 = process.alpha(ts[:1]).item(), process.sigma(ts[:1]).item()
+    if source is not None:
+        if tuple(source.shape) != tuple(shape):
+            raise ValueError(f"source has shape {tuple(source.shape)}, the samples {tuple(shape)}")
+        eps = source.to(device=device, dtype=dtype)
+    else:
+        eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    x = sigma0 * eps
+    if x_start is not None:
+        if tuple(x_start.shape) != tuple(shape):
+            raise ValueError(f"x_start has shape {tuple(x_start.shape)}, the samples {tuple(shape)}")
+        x = x + alpha0 * x_start.to(device=device, dtype=dtype)
     return SAMPLERS[sampler](denoise, x, ts, process, generator=generator, project=project, pin=pin, **options)

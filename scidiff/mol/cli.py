@@ -13,26 +13,31 @@ import logging
 import sys
 from pathlib import Path
 
-from .build import SOURCES, build_shards, read_smiles_file
+from .build import SOURCES, build_qm9_pairs, build_shards, read_smiles_file
 from .evaluate import compare_table, evaluate_method, file_generator, load_reference_set, save_results
 from .forcefield import RELAXATIONS
 from .pipeline import METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
 
 __all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
 
+PAIRS = "qm9-pairs"  # the build source of refinement pairs (not a SMILES list)
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the mol subcommands to an argparse subparsers object."""
     build = subparsers.add_parser(
         "build",
-        help="build an ETKDG + MMFF conformer training set (sharded SDF, resumable)",
+        help="build an ETKDG + MMFF conformer training set or QM9 refinement pairs (sharded SDF, resumable)",
         description="Build conformers for the leakage-free QM9 or drug-like SMILES lists of the data root (test "
                     "molecules removed), or for your own SMILES files (.csv with a 'smiles' column, or .smi[.gz]). "
+                    "'qm9-pairs' builds refinement pairs instead: for all of QM9 (the qm9pack package) minus the "
+                    "reserved ids and the GEOM-QM9 test molecules, ETKDG + MMFF94 seeds each with its DFT geometry "
+                    "aligned under a symmetry-aware atom mapping; validation ids go to OUT/validation_ids.txt. "
                     "Rerunning the same command skips finished shards. Train on it with data.sdf=[OUT].",
     )
-    build.add_argument("source", nargs="+", help="'qm9', 'drugs', or SMILES files")
+    build.add_argument("source", nargs="+", help=f"{', '.join(map(repr, SOURCES))} or SMILES files; or {PAIRS!r} alone")
     build.add_argument("--out", type=Path, required=True, help="output folder (shard_XXXXX.sdf, items.tsv, skip lists)")
-    build.add_argument("--conformers", type=int, default=5, help="conformers per molecule (default 5)")
+    build.add_argument("--conformers", type=int, default=5, help="conformers (qm9-pairs: seeds) per molecule (default 5)")
     build.add_argument("--limit", type=int, default=None, help="only the first N molecules (after exclusions)")
     build.add_argument("--shard-size", type=int, default=256, help="molecules per shard (default 256)")
     build.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
@@ -61,6 +66,9 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu, cuda")
     p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff (default: the bundled ones)")
     p.add_argument("--relax", choices=RELAXATIONS, default="none", help="post-relaxation (default none)")
+    p.add_argument("--core", default=None, metavar="REF.sdf",
+                   help="hold a shared scaffold: atoms matching the heavy atoms of REF.sdf's first molecule keep its "
+                        "coordinates (etkdg, etkdg_mmff, scidiff); each record gets its core_rmsd")
     p.add_argument("--max-resample", type=int, default=2, help="resampling rounds for conformers with wrong stereo")
     p.add_argument("--smiles-column", default=None, help="SMILES column name of a table with a header")
     p.add_argument("--id-column", default=None, help="id column name of a table with a header")
@@ -88,7 +96,8 @@ def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None
     return generate(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
-                    sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint)
+                    sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint,
+                    core=args.core)
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -165,9 +174,16 @@ def _items(sources: list[str], limit: int | None) -> list[tuple[str, str]]:
 
 def _run_build(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # per-molecule skips are logged as warnings
-    items = _items(args.source, args.limit)
-    report = build_shards(items, args.out, num_conformers=args.conformers, shard_size=args.shard_size,
-                          seed=args.seed, mmff=not args.no_mmff, processes=args.processes)
+    if PAIRS in args.source:
+        if args.source != [PAIRS] or args.no_mmff:
+            print(f"scidiff: error: {PAIRS} is built alone and always from MMFF94 seeds (no other sources, no --no-mmff)",
+                  file=sys.stderr)
+            return 2
+        report, _, _ = build_qm9_pairs(args.out, num_conformers=args.conformers, limit=args.limit,
+                                       shard_size=args.shard_size, seed=args.seed, processes=args.processes)
+    else:
+        report = build_shards(_items(args.source, args.limit), args.out, num_conformers=args.conformers,
+                              shard_size=args.shard_size, seed=args.seed, mmff=not args.no_mmff, processes=args.processes)
     print(f"{args.out}: {report.written} shards written, {report.reused} already done; this run: "
           f"{report.molecules} molecules, {report.conformers} conformers, {report.skipped} skipped "
           f"(reasons in shard_*.skipped.tsv)")

@@ -57,6 +57,9 @@ class DenoiserConfig:
     cutoff: float | None = 5.0
     time_dim: int = 32
     edge_dim: int = 64
+    # Start with a zero output head: a refiner whose target is a small step from its input then starts as the
+    # identity and learns the step, instead of first unlearning an O(1) random output (which swamps a 0.1 Å signal).
+    zero_init_head: bool = False
 
     def __post_init__(self):
         for field in ("num_scalars", "num_vectors", "num_layers", "num_rbf", "time_dim", "edge_dim", "sh_lmax"):
@@ -220,6 +223,8 @@ class ConformerDenoiser(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.irreps_hidden = irreps
         self.head = o3.Linear(irreps, "1x1o")
+        if config.zero_init_head:
+            nn.init.zeros_(self.head.weight)
 
     def forward(self, x: Tensor, t: Tensor, graph: Data) -> Tensor:
         """x (N, 3) noisy coordinates, t (N,) or scalar network time, graph from ``featurize`` (or a Batch of them)."""

@@ -39,8 +39,10 @@ __all__ = [
     "evaluate_coverage",
     "ground_state_rmsd",
     "evaluate_ground_state",
+    "local_geometry_errors",
     "posebusters_checks",
     "stereo_preservation",
+    "graph_preservation",
     "xtb_strain",
     "load_reference_set",
     "file_generator",
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 DELTAS_QM9 = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25)  # Jing et al. 2022 sweep; 0.5 A is the headline for QM9
 DELTAS_DRUGS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # 0.75 A is the headline for DRUGS
-GROUND_STATE_THRESHOLDS = (0.1, 0.25, 0.5)
+GROUND_STATE_THRESHOLDS = (0.05, 0.1, 0.25, 0.5)
 # name -> (data-root relative file, RMSD thresholds); qm9-dft is ground-state recovery on the DFT test split
 REFERENCE_SETS = {
     "qm9-dft": ("qm9/qm9_dft_test.npz", DELTAS_QM9),
@@ -146,6 +148,39 @@ def ground_state_rmsd(dft: Chem.Mol, generated: Chem.Mol | None) -> float:
     return float(np.nanmin(matrix)) if np.isfinite(matrix).any() else math.inf
 
 
+def _bond_lengths_and_angles(mol: Chem.Mol, conf_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every bond length (Å) and every bond angle (degrees) of one conformer, in the molecule's bond order."""
+    pos = mol.GetConformer(conf_id).GetPositions()
+    bonds = np.array([[b.GetBeginAtomIdx(), b.GetEndAtomIdx()] for b in mol.GetBonds()], dtype=int).reshape(-1, 2)
+    angles = np.array([[a.GetIdx(), j.GetIdx(), k.GetIdx()] for j in mol.GetAtoms() for a in j.GetNeighbors()
+                       for k in j.GetNeighbors() if a.GetIdx() < k.GetIdx()], dtype=int).reshape(-1, 3)
+    lengths = np.linalg.norm(pos[bonds[:, 0]] - pos[bonds[:, 1]], axis=1)
+    u, v = pos[angles[:, 0]] - pos[angles[:, 1]], pos[angles[:, 2]] - pos[angles[:, 1]]
+    cos = (u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
+    return lengths, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def local_geometry_errors(dft: Sequence[Chem.Mol], generated: Sequence[Chem.Mol | None]) -> dict[str, Any]:
+    """Median absolute bond-length (Å) and bond-angle (degrees) errors against DFT, all atoms, over every bond and
+    angle of each molecule's conformer nearest the DFT geometry (local geometry, apart from which conformer it is)."""
+    bond_err, angle_err = [], []
+    for ref, gen in zip(dft, generated):
+        if not _has_conformers(gen):
+            continue
+        rmsds = rmsd_matrix(ref, gen)[0]
+        if not np.isfinite(rmsds).any():
+            continue
+        best = [c.GetId() for c in gen.GetConformers()][int(np.nanargmin(rmsds))]
+        (l_ref, a_ref), (l_gen, a_gen) = _bond_lengths_and_angles(ref, ref.GetConformer().GetId()), \
+            _bond_lengths_and_angles(gen, best)
+        bond_err.append(np.abs(l_gen - l_ref))
+        angle_err.append(np.abs(a_gen - a_ref))
+    if not bond_err:
+        return {"bond_median_A": math.nan, "angle_median_deg": math.nan, "n_molecules": 0}
+    return {"bond_median_A": float(np.median(np.concatenate(bond_err))),
+            "angle_median_deg": float(np.median(np.concatenate(angle_err))), "n_molecules": len(bond_err)}
+
+
 def evaluate_ground_state(dft: Sequence[Chem.Mol], generated: Sequence[Chem.Mol | None],
                           thresholds: Sequence[float] = GROUND_STATE_THRESHOLDS) -> dict[str, Any]:
     """Ground-state recovery on QM9 DFT geometries: median min RMSD and fraction below each threshold (missing = not recovered)."""
@@ -223,6 +258,28 @@ def stereo_preservation(generated: Sequence[Chem.Mol | None], inputs: Sequence[C
         wrong += [f"{_name(ref, i)}: {r.describe()}" for r in reports if not r.ok]
     return {"conformer_rate": float(np.mean(per_conf)) if per_conf else math.nan,
             "molecule_rate": float(np.mean(per_mol)) if per_mol else math.nan, "wrong": wrong}
+
+
+def graph_preservation(generated: Sequence[Chem.Mol | None], inputs: Sequence[Chem.Mol]) -> dict[str, Any]:
+    """Fraction of conformers whose bonds, perceived from 3D by covalent radii (RDKit's ``DetermineConnectivity``, as a
+    user re-reading an XYZ file would get them), are exactly the input's bonds."""
+    from rdkit.Chem import rdDetermineBonds
+
+    ok, wrong = [], []
+    for i, (gen, ref) in enumerate(zip(generated, inputs)):
+        if not _has_conformers(gen):
+            continue
+        bonds = {frozenset((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in ref.GetBonds()}
+        for conf in gen.GetConformers():
+            xyz = Chem.RWMol(Chem.Mol(gen, confId=conf.GetId()))
+            for bond in list(xyz.GetBonds()):
+                xyz.RemoveBond(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+            rdDetermineBonds.DetermineConnectivity(xyz)
+            found = {frozenset((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in xyz.GetBonds()}
+            ok.append(found == bonds)
+            if found != bonds:
+                wrong.append(f"{_name(ref, i)}:{conf.GetId()}")
+    return {"conformer_rate": float(np.mean(ok)) if ok else math.nan, "wrong": wrong}
 
 
 def xtb_strain(generated: Sequence[Chem.Mol | None], steps: int = 100, max_conformers: int | None = None) -> dict[str, Any]:
@@ -308,9 +365,11 @@ def evaluate_method(method: str, generate_fn: GenerateFn, inputs: Sequence[Chem.
         "no_output": [_name(m, i) for i, m in enumerate(inputs) if not _has_conformers(timed.mols[i])],
         "skipped_inputs": [f"{s.name}: {s.reason}" for s in skipped],
         "stereo": stereo_preservation(timed.mols, inputs),
+        "graph": graph_preservation(timed.mols, inputs),
     }
     if dft is not None:
         result["ground_state"] = evaluate_ground_state(dft, timed.mols)
+        result["local_geometry"] = local_geometry_errors(dft, timed.mols)
     if references is not None:
         result["coverage"] = evaluate_coverage(references, timed.mols, deltas)
     if posebusters:
@@ -329,6 +388,8 @@ def _summary(result: Mapping[str, Any]) -> dict[str, float | int | str]:
         gs = result["ground_state"]
         row["GS median A"] = gs["median"]
         row.update({f"GS <{t}": v for t, v in gs["fraction_below"].items()})
+        row["bond err A"] = result["local_geometry"]["bond_median_A"]
+        row["angle err deg"] = result["local_geometry"]["angle_median_deg"]
     if "coverage" in result:
         cov = result["coverage"]
         headline = str(0.75 if 0.75 in cov["deltas"] and 0.5 not in cov["deltas"] else 0.5)
@@ -340,6 +401,7 @@ def _summary(result: Mapping[str, Any]) -> dict[str, float | int | str]:
     if "posebusters" in result:
         row["PB pass"] = result["posebusters"]["pass_rate"]
     row["stereo ok"] = result["stereo"]["conformer_rate"]
+    row["graph ok"] = result["graph"]["conformer_rate"]
     if "xtb_strain" in result:
         row["xTB strain med"] = result["xtb_strain"]["median"]
     row["conf/s"] = result["conformers_per_s"]

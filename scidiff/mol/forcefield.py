@@ -10,10 +10,11 @@ import logging
 
 import numpy as np
 from rdkit import Chem, rdBase
-from rdkit.Chem import AllChem
+from rdkit.Chem import AllChem, rdMolAlign
+from rdkit.Geometry import Point3D
 
-__all__ = ["RELAXATIONS", "HARTREE_TO_KCAL", "etkdg_embed", "etkdg_conformers", "mmff_relax", "xtb_energy",
-           "xtb_relax", "relax_conformers"]
+__all__ = ["RELAXATIONS", "HARTREE_TO_KCAL", "etkdg_embed", "etkdg_conformers", "core_match", "core_conformers",
+           "mmff_relax", "xtb_energy", "xtb_relax", "relax_conformers"]
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,13 @@ HARTREE_TO_KCAL = 627.509474
 BOHR_PER_ANGSTROM = 1.0 / 0.52917721092
 
 
-def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0) -> list[int]:
-    """Embed n ETKDGv3 conformers into mol in place (Riniker & Landrum 2015; Wang et al. 2020); returns their ids."""
+def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0, coord_map: dict[int, Point3D] | None = None) -> list[int]:
+    """Embed n ETKDGv3 conformers into mol in place (Riniker & Landrum 2015; Wang et al. 2020); returns their ids.
+
+    ``coord_map`` (atom -> position) keeps those atoms' distances to each other as given (RDKit's coordinate map)."""
     params = AllChem.ETKDGv3()
+    if coord_map:
+        params.SetCoordMap(coord_map)
     params.randomSeed = seed
     # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
     params.enableSequentialRandomSeeds = True
@@ -70,6 +75,53 @@ def etkdg_conformers(mol: Chem.Mol, n: int, seed: int = 0, mmff: bool = False, m
         return out
     if mmff:
         mmff_relax(out, max_iters=mmff_iters, energy_prop=energy_prop)
+    return out
+
+
+def core_match(mol: Chem.Mol, core: Chem.Mol) -> list[tuple[int, int]]:
+    """(atom of ``mol``, atom of ``core``) for the core's heavy atoms matched in mol (chirality respected); ValueError
+    naming the molecule when the core is not a substructure of it."""
+    query = Chem.RemoveHs(core)
+    heavy = [a.GetIdx() for a in core.GetAtoms() if a.GetAtomicNum() > 1]  # RemoveHs keeps the heavy atoms' order
+    match = mol.GetSubstructMatch(query, useChirality=True)
+    if not match:
+        name = mol.GetProp("_Name") if mol.HasProp("_Name") else Chem.MolToSmiles(Chem.RemoveHs(mol))
+        raise ValueError(f"{name}: the core {Chem.MolToSmiles(query)} is not a substructure of it")
+    return [(int(m), heavy[q]) for q, m in enumerate(match)]
+
+
+def core_conformers(mol: Chem.Mol, core: Chem.Mol, n: int, seed: int = 0, mmff: bool = True,
+                    mmff_iters: int = 2000) -> Chem.Mol:
+    """n conformers of a prepared mol whose atoms matching ``core`` sit at the core's coordinates: ETKDGv3 with RDKit's
+    coordinate map, each conformer superposed on the core by those atoms and the core placed exactly, then MMFF94
+    with the core held fixed (a congeneric series' shared scaffold, as medicinal chemists align one).
+
+    The matched atom ids go to the ``core_atoms`` property (comma-separated); a failure gives zero conformers and a
+    ``generation_error`` property, as etkdg_conformers does."""
+    pairs = core_match(mol, core)
+    positions = core.GetConformer().GetPositions()
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    out.SetProp("core_atoms", ",".join(str(i) for i, _ in pairs))
+    if not etkdg_embed(out, n, seed, {i: Point3D(*positions[j]) for i, j in pairs}):
+        out.SetProp("generation_error", "ETKDG could not embed any conformer with the core's coordinates")
+        return out
+    core_atoms, core_positions = [i for i, _ in pairs], positions[[j for _, j in pairs]]
+    for conf in out.GetConformers():
+        rdMolAlign.AlignMol(out, core, prbCid=conf.GetId(), atomMap=pairs)
+        xyz = conf.GetPositions()  # the embedding kept the core's shape to ~0.05 Å; put it exactly where the core is
+        xyz[core_atoms] = core_positions
+        conf.SetPositions(xyz)
+    if mmff and AllChem.MMFFHasAllMoleculeParams(out):
+        work = Chem.Mol(out)  # MMFF set-up re-perceives aromaticity in place (see mmff_relax)
+        properties = AllChem.MMFFGetMoleculeProperties(work)
+        for conf, minimised in zip(out.GetConformers(), work.GetConformers()):
+            field = AllChem.MMFFGetMoleculeForceField(work, properties, confId=minimised.GetId())
+            for i in core_atoms:
+                field.AddFixedPoint(i)
+            field.Minimize(maxIts=mmff_iters)
+            conf.SetPositions(minimised.GetPositions())
+            conf.SetDoubleProp("mmff_energy", float(field.CalcEnergy()))
     return out
 
 

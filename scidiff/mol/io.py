@@ -9,20 +9,22 @@
   ``OUT`` only when complete: readers never see a truncated ``OUT``, memory stays flat on large inputs, and a run
   that dies half-way leaves every conformer it had in ``OUT.partial``. ``read_conformers`` groups records back into
   multi-conformer molecules.
-- QM9 DFT geometries of the shared npz split (``read_qm9``).
+- QM9 DFT geometries of the shared npz split (``read_qm9``) and of all of QM9 from the qm9pack package
+  (``read_qm9pack``, ``read_qm9pack_smiles``).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import importlib.metadata
 import io
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from rdkit import Chem, rdBase
@@ -46,9 +48,14 @@ __all__ = [
     "read_inputs",
     "record_from_smiles",
     "record_from_mol",
+    "check_output_path",
     "write_conformers",
     "read_conformers",
     "read_qm9",
+    "QM9PACK_FILES",
+    "qm9pack_files",
+    "read_qm9pack",
+    "read_qm9pack_smiles",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,9 @@ ID_COLUMNS = ("id", "name", "title", "identifier", "mol_id", "molecule_id", "com
 SMILES_SUFFIXES = (".smi", ".smiles", ".txt", ".csv", ".tsv")
 SDF_SUFFIXES = (".sdf", ".sd", ".mol")
 QM9_SPLITS = ("train", "test")
+QM9PACK_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")  # in gdb-id order; qm9_polarizability.csv is not QM9
+_NUMBER = re.compile(r"[-+0-9.Ee]+")  # qm9pack writes "0." and "1.": Python floats, not JSON
+_ELEMENT = re.compile(r"[A-Z][a-z]?")
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class SmilesRow:
     smiles: str
     name: str | None
     column: int  # 1-based SMILES column, for messages
+    error: str | None = None  # why the line cannot be read at all (e.g. bytes that are not UTF-8)
 
 
 @dataclass
@@ -134,7 +145,10 @@ def record_from_smiles(index: int, smiles: str, name: str | None, where: str, li
 
 def record_from_mol(index: int, mol: Chem.Mol, where: str | None = None, line: int | None = None) -> InputRecord:
     """The input record of an RDKit molecule (title as id, else mol<index>); a validation failure becomes its failure."""
-    title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+    try:
+        title = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+    except UnicodeDecodeError:  # an SDF title line with bytes that are not UTF-8
+        return _failed(index, f"mol{index}", f"{where or f'input {index}'}: the title line is not UTF-8 text", line)
     name = title or f"mol{index}"
     try:
         prepared = prepare_mol(mol, name=name)
@@ -144,7 +158,16 @@ def record_from_mol(index: int, mol: Chem.Mol, where: str | None = None, line: i
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path, newline="")
+    """UTF-8 text with undecodable bytes kept as surrogate escapes, so a bad byte fails its own line, not the file."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, newline="", encoding="utf-8", errors="surrogateescape")
+
+
+def _undecodable(text: str) -> str | None:
+    """The first byte of ``text`` that was not UTF-8 (a surrogate escape), as 0xNN, or None."""
+    bad = next((ch for ch in text if "\udc80" <= ch <= "\udcff"), None)
+    return None if bad is None else f"0x{ord(bad) - 0xDC00:02x}"
 
 
 def _open_binary(path: Path):
@@ -213,6 +236,9 @@ def iter_smiles_rows(path: str | Path, smiles_column: str | None = None, id_colu
                     raise ValueError(f"{path}: --smiles-column/--id-column given but line {line_no} is not a header")
                 columns = (0, 1)
             smiles_at, id_at = columns
+            if (byte := _undecodable(line)) is not None:
+                yield SmilesRow(line_no, "", None, smiles_at + 1, f"not UTF-8 text (byte {byte})")
+                continue
             # 'SMILES name with spaces' in a headerless .smi: everything after the SMILES is the id
             fields = _split(line, delimiter, 1 if (delimiter is None and columns == (0, 1)) else -1)
             smiles = fields[smiles_at] if smiles_at < len(fields) else ""
@@ -223,7 +249,9 @@ def iter_smiles_rows(path: str | Path, smiles_column: str | None = None, id_colu
 def _iter_smiles_file(path: Path, smiles_column: str | None, id_column: str | None) -> Iterator[InputRecord]:
     """Records of a SMILES table (``iter_smiles_rows``), in order."""
     for index, row in enumerate(iter_smiles_rows(path, smiles_column, id_column)):
-        if not row.smiles:
+        if row.error:
+            yield _failed(index, f"line {row.line}", f"line {row.line}: {row.error}", row.line)
+        elif not row.smiles:
             yield _failed(index, row.name or f"line {row.line}", f"line {row.line}: no SMILES in column {row.column}", row.line)
         else:
             yield record_from_smiles(index, row.smiles, row.name, f"line {row.line}", row.line)
@@ -291,8 +319,9 @@ def _set_prop(mol: Chem.Mol, key: str, value: Any) -> None:
 class ConformerWriter:
     """Incremental SDF writer of the conformer dialect: ``with ConformerWriter(path, settings) as w: w.write(record)``.
 
-    Writes to ``path + '.partial'`` (flushed after each molecule) and renames it onto ``path`` on a clean exit;
-    on an exception the partial file stays, holding every molecule written so far, and ``path`` is untouched.
+    Writes to ``path + '.partial'`` (flushed after each molecule) and renames it onto ``path`` on a clean exit that
+    wrote something; on an exception the partial file stays, holding every molecule written so far, and ``path`` is
+    untouched (so is a file already at ``path`` when nothing was written).
     Stereo is not checked here: the pipeline checks it once before a record reaches the writer.
     """
 
@@ -317,10 +346,10 @@ class ConformerWriter:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        if exc_type is None:
+        if exc_type is None and self.report.conformers:
             os.replace(self.partial, self.path)
         elif self.report.conformers == 0:
-            self.partial.unlink()  # nothing generated, nothing to keep
+            self.partial.unlink()  # nothing generated: nothing to keep, and a file already at OUT stays as it was
         else:
             log.error("stopped early: %d conformers of %d molecules kept in %s", self.report.conformers,
                       self.report.molecules, self.partial)
@@ -358,6 +387,23 @@ class ConformerWriter:
         for key, value in self.settings.items():
             _set_prop(out, key, value)
         return out
+
+
+def check_output_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """The output SDF path, refused before any work when it cannot be right: another format's suffix, a folder, a
+    parent that is a file, or one of the inputs (which a run would overwrite)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give a file path such as {path / 'conformers.sdf'}")
+    if path.suffix.lower() not in (".sdf", ".sd"):
+        raise ValueError(f"output {path}: conformers are written as SDF; give a .sdf path (got {path.suffix or 'no suffix'!r})")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"output {path}: {parent} is a file, not a folder")
+    for source in inputs:
+        if isinstance(source, (str, Path)) and Path(source).is_file() and path.exists() and path.samefile(source):
+            raise ValueError(f"output {path} is the input file: the run would overwrite it; choose another -o")
+    return path
 
 
 def write_conformers(path: str | Path, records: Iterable[ConformerRecord], settings: Mapping[str, Any] | None = None) -> WriteReport:
@@ -444,3 +490,60 @@ def read_qm9(split: str = "train", limit: int | None = None) -> Built:
         built.molecules.append(mol)
     log.info("qm9 %s: %s", split, built.summary())
     return built
+
+
+def qm9pack_files() -> list[Path]:
+    """The QM9 CSV files of the installed qm9pack package, found without importing it (its ``__init__`` imports the
+    removed ``pkg_resources``); ImportError / FileNotFoundError with the install command when absent."""
+    hint = "pip install qm9pack (or pip install scidiff[qm9])"
+    try:
+        folder = Path(importlib.metadata.distribution("qm9pack").locate_file("qm9pack/data"))
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(f"all of QM9 is read from the qm9pack package, which is not installed: {hint}") from None
+    files = [folder / name for name in QM9PACK_FILES]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"qm9pack is installed but lacks {', '.join(missing)}: reinstall it ({hint})")
+    return files
+
+
+def _qm9pack_rows(columns: Sequence[str]) -> Iterator[tuple[int, ...]]:
+    """(gdb id, *columns as strings) of every qm9pack row, checking the files' gdb-id order."""
+    last = 0
+    for path in qm9pack_files():
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            at = [header.index(c) for c in ("Index", *columns)]
+            for row in reader:
+                gdb_id = int(row[at[0]])
+                if gdb_id <= last:
+                    raise ValueError(f"{path}: gdb id {gdb_id} after {last}: the qm9pack files are out of order")
+                last = gdb_id
+                yield (gdb_id, *(row[i] for i in at[1:]))
+
+
+def read_qm9pack(exclude: Iterable[int] = frozenset(), ids: Iterable[int] | None = None
+                 ) -> Iterator[tuple[int, list[int], np.ndarray]]:
+    """(gdb id, atomic numbers, DFT positions in Å) of all of QM9 (Ramakrishnan et al. 2014; B3LYP/6-31G(2df,p),
+    130,831 molecules) from the qm9pack package, in gdb-id order: only ``ids`` when given, never those in ``exclude``."""
+    exclude = set(exclude)
+    wanted = None if ids is None else set(ids) - exclude
+    table = Chem.GetPeriodicTable()
+    for gdb_id, n_atoms, elements, xyz in _qm9pack_rows(("N_atoms", "Elements", "XYZ_Ang")):
+        if wanted is not None and not wanted:
+            return  # every requested id found: the rest of the files need not be parsed
+        if gdb_id in exclude or (wanted is not None and gdb_id not in wanted):
+            continue
+        if wanted is not None:
+            wanted.discard(gdb_id)
+        numbers = [table.GetAtomicNumber(symbol) for symbol in _ELEMENT.findall(elements)]
+        positions = np.array([float(v) for v in _NUMBER.findall(xyz)], dtype=np.float64).reshape(-1, 3)
+        if not len(numbers) == len(positions) == int(n_atoms):
+            raise ValueError(f"qm9pack gdb id {gdb_id}: {n_atoms} atoms, {len(numbers)} elements, {len(positions)} positions")
+        yield gdb_id, numbers, positions
+
+
+def read_qm9pack_smiles() -> dict[int, str]:
+    """gdb id -> the SMILES column of qm9pack (not isomeric), for every QM9 molecule, in gdb-id order."""
+    return {gdb_id: smiles for gdb_id, smiles in _qm9pack_rows(("SMILES",))}

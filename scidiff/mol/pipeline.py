@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 from rdkit import Chem
 
 from .chem import Failure, display_name
-from .forcefield import RELAXATIONS, etkdg_conformers, relax_conformers
-from .io import ConformerRecord, ConformerWriter, InputRecord, WriteReport, iter_inputs, record_from_mol, record_from_smiles
+from .forcefield import RELAXATIONS, core_conformers, core_match, etkdg_conformers, relax_conformers
+from .io import (ConformerRecord, ConformerWriter, InputRecord, WriteReport, check_output_path, iter_inputs,
+                 read_conformers, record_from_mol, record_from_smiles)
 from .stereo import conformers_to_resample, fix_conformers, remove_conformers
 
 __all__ = [
@@ -33,7 +35,9 @@ __all__ = [
     "get_generator",
     "etkdg_generator",
     "etkdg_mmff_generator",
+    "etkdg_mmff_xtb_generator",
     "scidiff_generator",
+    "scidiff_denovo_generator",
     "generate_batch",
     "Timed",
     "run_generator",
@@ -57,45 +61,108 @@ class GenerationUnavailable(RuntimeError):
 # ------------------------------------------------------------------------------------------------- generators
 
 
-def etkdg_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
+@functools.lru_cache(maxsize=8)
+def load_core(path: str) -> Chem.Mol:
+    """The first molecule of a reference SDF with its 3D coordinates (hydrogens kept): a core to hold in place."""
+    mols = read_conformers(path)
+    if not mols:
+        raise GenerationUnavailable(f"--core {path}: no molecule in the file")
+    return Chem.Mol(mols[0], confId=mols[0].GetConformers()[0].GetId())
+
+
+def _embedded(mol: Chem.Mol, n: int, seed: int, mmff: bool, core: str | None) -> Chem.Mol:
+    """ETKDG (+ MMFF94) conformers of one molecule, with its ``core`` (a reference SDF path) held when given; a core
+    that does not match becomes the molecule's ``generation_error``."""
+    if core is None:
+        return etkdg_conformers(mol, n, seed, mmff=mmff)
+    try:
+        return core_conformers(mol, load_core(core), n, seed, mmff=mmff)
+    except ValueError as err:
+        out = Chem.Mol(mol)
+        out.RemoveAllConformers()
+        out.SetProp("generation_error", str(err))
+        return out
+
+
+def etkdg_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, core: str | None = None, **_: Any) -> list[Chem.Mol]:
     """RDKit ETKDGv3 (Riniker & Landrum 2015; Wang et al. 2020): the baseline."""
-    return [etkdg_conformers(m, n, seed, mmff=False) for m in mols]
+    return [_embedded(m, n, seed, False, core) for m in mols]
 
 
-def etkdg_mmff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
+def etkdg_mmff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, core: str | None = None,
+                         **_: Any) -> list[Chem.Mol]:
     """RDKit ETKDGv3 + MMFF94 (Halgren 1996): the baseline users would otherwise run."""
-    return [etkdg_conformers(m, n, seed, mmff=True) for m in mols]
+    return [_embedded(m, n, seed, True, core) for m in mols]
+
+
+def etkdg_mmff_xtb_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **_: Any) -> list[Chem.Mol]:
+    """ETKDGv3 + MMFF94, then GFN2-xTB minimisation (Bannwarth et al. 2019): the quantum-chemistry reference, ~0.4 s a conformer."""
+    out = etkdg_mmff_generator(mols, n, seed)
+    for mol in out:
+        relax_conformers(mol, "xtb")
+    return out
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(checkpoint: str | None, device: str):
-    """Load the conformer model once per (weights, device): the bundled weights unless a checkpoint is given."""
+def _cached_model(checkpoint: str | None, device: str, bundled: str):
+    """Load a conformer model once per (weights, device): the bundled ``bundled`` weights unless a checkpoint is given."""
     from .generate import bundled_weights, load_model
 
     try:
-        return load_model(checkpoint or bundled_weights(), device)
+        return load_model(checkpoint or bundled_weights(bundled), device)
     except FileNotFoundError as err:
         raise GenerationUnavailable(str(err)) from None
 
 
-def scidiff_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, *, sampler: str | None = None,
-                      steps: int | None = None, device: str | None = None, checkpoint: str | None = None,
-                      **_: Any) -> list[Chem.Mol]:
-    """The trained scidiff model (its run's sampler unless ``sampler`` / ``steps`` override it)."""
-    from .generate import model_generate_fn
+def _label_seeds(mols: list[Chem.Mol], method: str) -> list[Chem.Mol]:
+    """Record on every conformer which generator made its seed (written into each SDF record)."""
+    for mol in mols:
+        for conf in mol.GetConformers():
+            conf.SetProp("seed_method", method)
+    return mols
 
-    model, diffusion, spec = _cached_model(checkpoint, device or "cpu")
-    try:
-        spec = spec.with_overrides(sampler, steps)
-    except ValueError as err:
-        raise GenerationUnavailable(f"--sampler/--steps: {err}") from None
-    return model_generate_fn(model, diffusion, spec)(mols, n, seed)
 
+def _model_generator(bundled: str) -> GenerateFn:
+    """A trained model as a generator: a refiner (its run names the generator of its seeds) or a de novo model."""
+
+    def generate_fn(mols: Sequence[Chem.Mol], n: int, seed: int = 0, *, sampler: str | None = None,
+                    steps: int | None = None, device: str | None = None, checkpoint: str | None = None,
+                    core: str | None = None, **_: Any) -> list[Chem.Mol]:
+        from .generate import generate_conformers, refine_conformers
+
+        model = _cached_model(checkpoint, device or "cpu", bundled)
+        try:
+            spec = model.sampler.with_overrides(sampler, steps)
+        except ValueError as err:
+            raise GenerationUnavailable(f"--sampler/--steps: {err}") from None
+        if model.seeds is None:
+            if core is not None:
+                raise GenerationUnavailable("--core needs seeds to hold the core in: use a refiner or etkdg, etkdg_mmff")
+            return generate_conformers(mols, model.net, model.diffusion, spec, n, seed)
+        seeds = _label_seeds(get_generator(model.seeds)(mols, n, seed, core=core), model.seeds)
+        unembedded = [i for i, mol in enumerate(seeds) if mol.GetNumConformers() == 0 and core is None]
+        if unembedded:  # ETKDG cannot embed some strained cages: the de novo model seeds those
+            denovo = _label_seeds(scidiff_denovo_generator([mols[i] for i in unembedded], n, seed, device=device),
+                                  "scidiff_denovo")
+            for i, mol in zip(unembedded, denovo):
+                seeds[i] = mol if mol.GetNumConformers() else seeds[i]
+        return refine_conformers(seeds, model.net, model.diffusion, spec, seed)
+
+    generate_fn.__doc__ = f"The trained scidiff model (bundled: {bundled}), with its run's sampler unless overridden."
+    return generate_fn
+
+
+# The bundled refiner: ETKDG + MMFF94 seeds moved towards DFT geometries (trained on QM9 pairs).
+scidiff_generator = _model_generator("qm9_refine")
+# The bundled de novo model: conformers from Gaussian noise (the first, CPU-trained QM9 model).
+scidiff_denovo_generator = _model_generator("qm9")
 
 GENERATORS: dict[str, GenerateFn] = {
     "etkdg": etkdg_generator,
     "etkdg_mmff": etkdg_mmff_generator,
+    "etkdg_mmff_xtb": etkdg_mmff_xtb_generator,
     "scidiff": scidiff_generator,
+    "scidiff_denovo": scidiff_denovo_generator,
 }
 METHODS = tuple(GENERATORS)
 
@@ -155,11 +222,19 @@ def run_generator(generate_fn: GenerateFn, mols: Sequence[Chem.Mol], n: int | Se
 # --------------------------------------------------------------------------------------------------- pipeline
 
 
-def _finish(mol: Chem.Mol, reference: Chem.Mol, relax: str) -> list[int]:
-    """Relax, stereo-fix (mirror) and drop the conformers still wrong; returns the dropped conformer ids."""
+def _finish(mol: Chem.Mol, reference: Chem.Mol, relax: str, core: str | None = None) -> list[int]:
+    """Relax, stereo-fix (mirror) and drop the conformers still wrong; with a core, record each conformer's RMSD
+    to it (Å, no superposition: the core stays in its frame). Returns the dropped conformer ids."""
     relax_conformers(mol, relax)
     bad = conformers_to_resample(fix_conformers(mol, reference))
     remove_conformers(mol, bad)
+    if core is not None and mol.GetNumConformers():
+        held = load_core(core)
+        pairs = core_match(mol, held)
+        want = held.GetConformer().GetPositions()[[j for _, j in pairs]]
+        for conf in mol.GetConformers():
+            got = conf.GetPositions()[[i for i, _ in pairs]]
+            conf.SetDoubleProp("core_rmsd", float(np.sqrt(((got - want) ** 2).sum(1).mean())))
     return bad
 
 
@@ -176,14 +251,15 @@ def _complete(generate_fn: GenerateFn, record: InputRecord, mol: Chem.Mol | None
     """One molecule's stereo-correct conformers, wrong ones resampled up to ``max_resample`` rounds; and how many are still missing."""
     if mol is None:
         return None, 0
-    missing = len(_finish(mol, record.mol, relax))
+    core = options.get("core")
+    missing = len(_finish(mol, record.mol, relax, core))
     for round_ in range(1, max_resample + 1):
         if not missing:
             break
         extra = generate_batch(generate_fn, [record.mol], missing, seed + round_ * RESAMPLE_SEED_STRIDE, **options)[0]
         if extra is None or extra.GetNumConformers() == 0:
             break
-        missing -= extra.GetNumConformers() - len(_finish(extra, record.mol, relax))
+        missing -= extra.GetNumConformers() - len(_finish(extra, record.mol, relax, core))
         _add_conformers(mol, extra)
     return mol, missing
 
@@ -230,17 +306,39 @@ def generate_outcomes(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str
                       batch_size: int = 32, relax: str = "none", max_resample: int = 2,
                       smiles_column: str | None = None, id_column: str | None = None,
                       **options: Any) -> Iterator[Outcome]:
-    """The generation pipeline, one Outcome per input in input order (lazily, batch by batch).
+    """The generation pipeline, one Outcome per input in input order (lazily, batch by batch; settings are checked
+    at once).
 
     Deterministic per (seed, batch_size): batch b gets seed + index of its first molecule. ``options`` (sampler,
     steps, device, checkpoint) go to the generator.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    check_settings(n, batch_size, max_resample, relax, options)
+    return _outcomes(generate_fn or get_generator(method), _records(inputs, smiles_column, id_column), n, seed,
+                     batch_size, relax, max_resample, options)
+
+
+def check_settings(n: int, batch_size: int, max_resample: int, relax: str, options: dict[str, Any]) -> None:
+    """Refuse an invalid setting before anything runs, naming it."""
+    for name, value, low in (("n (-n/--num-conformers)", n, 1), ("batch_size (--batch-size)", batch_size, 1),
+                             ("max_resample (--max-resample)", max_resample, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if relax not in RELAXATIONS:
         raise ValueError(f"relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
-    generate_fn = generate_fn or get_generator(method)
-    for batch in _batches(_records(inputs, smiles_column, id_column), batch_size):
+    sampler, steps = options.get("sampler"), options.get("steps")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ValueError(f"steps (--steps) must be an integer >= 1, got {steps!r}")
+    if sampler is not None:
+        from scidiff.core.samplers import SAMPLERS
+
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler (--sampler): unknown {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def _outcomes(generate_fn: GenerateFn, records: Iterator[InputRecord], n: int, seed: int, batch_size: int, relax: str,
+              max_resample: int, options: dict[str, Any]) -> Iterator[Outcome]:
+    """generate_outcomes' loop, batch by batch: generate, then complete each molecule (relax, stereo, resample)."""
+    for batch in _batches(records, batch_size):
         batch_seed = seed + batch[0].index
         good = [r.mol for r in batch if r.ok]
         generated = iter(generate_batch(generate_fn, good, n, batch_seed, **options) if good else [])
@@ -295,9 +393,10 @@ def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output
     Records are written as each batch finishes, so a crash keeps what was done; ``options`` and the other settings
     go into every SDF record.
     """
+    output = check_output_path(output, [inputs] if isinstance(inputs, (str, Path)) else [])
     settings = {"method": method, "seed": seed, "relaxation": relax, "batch_size": batch_size,
                 **{k: v for k, v in options.items() if v is not None}}
-    summary = GenerateSummary(Path(output))
+    summary = GenerateSummary(output)
     outcomes = generate_outcomes(inputs, n, method, generate_fn, seed, batch_size, relax, max_resample,
                                  smiles_column, id_column, **options)
     from tqdm import tqdm

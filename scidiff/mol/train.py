@@ -39,10 +39,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ConformerDataset(Dataset):
-    """One featurised graph per molecule and one (N, 3) coordinate tensor per conformer; items are graphs with ``pos``."""
+    """One featurised graph per molecule and one (N, 3) coordinate tensor per conformer; items are graphs with ``pos``.
+
+    A refinement set (``scidiff mol build qm9-pairs``) also has one source per conformer, the force-field seed that
+    the target conformer is reached from; its items carry it as ``source``.
+    """
 
     graphs: list[Data]
     conformers: list[tuple[int, Tensor]]  # (graph index, coordinates in Å)
+    sources: list[Tensor] | None = None  # per conformer: the seed it is refined from (same atom order), or None
 
     def __len__(self) -> int:
         return len(self.conformers)
@@ -51,6 +56,8 @@ class ConformerDataset(Dataset):
         graph_index, pos = self.conformers[index]
         item = copy.copy(self.graphs[graph_index])  # shallow: the graph's tensors are shared, not copied
         item.pos = pos
+        if self.sources is not None:
+            item.source = self.sources[index]
         return item
 
     def num_nodes(self) -> np.ndarray:
@@ -59,11 +66,18 @@ class ConformerDataset(Dataset):
         return sizes[[g for g, _ in self.conformers]]
 
     @classmethod
-    def from_molecules(cls, molecules: Iterable[Chem.Mol], skipped: list[Failure] | None = None) -> "ConformerDataset":
+    def from_molecules(cls, molecules: Iterable[Chem.Mol], skipped: list[Failure] | None = None,
+                       max_pair_rmsd: float | None = None) -> "ConformerDataset":
         """Featurise each prepared molecule once and keep all its conformers; molecules the featuriser rejects (e.g.
-        hydrogens without coordinates) go to ``skipped``, or raise when it is None."""
+        hydrogens without coordinates) go to ``skipped``, or raise when it is None.
+
+        Conformers with an ``is_target`` property are (seed, target) pairs matched by their ``pair`` property: each
+        target becomes a conformer with its seed as the source. ``max_pair_rmsd`` (Å, heavy atoms; targets are
+        aligned to their seeds) keeps only pairs whose seed already lies in the target's conformer: a seed in another
+        basin has no local step to the target, and averaging over such pairs would teach the refiner to drift."""
         graphs: list[Data] = []
         conformers: list[tuple[int, Tensor]] = []
+        sources: list[Tensor] = []
         for mol in molecules:
             try:
                 graph = featurize(mol)
@@ -73,9 +87,31 @@ class ConformerDataset(Dataset):
                 skipped.append(Failure(exc.molecule, exc.reason))
                 continue
             graphs.append(graph)
-            for conf in mol.GetConformers():
-                conformers.append((len(graphs) - 1, torch.tensor(conf.GetPositions(), dtype=torch.float32)))
-        return cls(graphs, conformers)
+            heavy = graph.z > 1
+            for target, source in _targets_and_sources(mol):
+                if source is not None and max_pair_rmsd is not None and \
+                        (target - source)[heavy].pow(2).sum(-1).mean().sqrt() > max_pair_rmsd:
+                    continue
+                conformers.append((len(graphs) - 1, target))
+                if source is not None:
+                    sources.append(source)
+        if sources and len(sources) != len(conformers):
+            raise ValueError("data: refinement pairs and plain conformer sets cannot be mixed in one training set")
+        return cls(graphs, conformers, sources or None)
+
+
+def _positions(conf: Chem.Conformer) -> Tensor:
+    return torch.tensor(conf.GetPositions(), dtype=torch.float32)
+
+
+def _targets_and_sources(mol: Chem.Mol) -> list[tuple[Tensor, Tensor | None]]:
+    """(target, seed) per pair of a refinement set's molecule; (conformer, None) per conformer of a plain set."""
+    confs = list(mol.GetConformers())
+    if not confs or not confs[0].HasProp("is_target"):
+        return [(_positions(c), None) for c in confs]
+    seeds = {int(c.GetDoubleProp("pair")): c for c in confs if not c.GetDoubleProp("is_target")}
+    return [(_positions(c), _positions(seeds[int(c.GetDoubleProp("pair"))])) for c in confs
+            if c.GetDoubleProp("is_target") and int(c.GetDoubleProp("pair")) in seeds]
 
 
 def node_balanced_batches(num_nodes: Sequence[int], max_nodes: int, seed: int, epoch: int) -> list[list[int]]:
@@ -101,11 +137,20 @@ def node_balanced_batches(num_nodes: Sequence[int], max_nodes: int, seed: int, e
     return bins
 
 
-def conformer_loss(diffusion: Diffusion, net: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
-    """The core's denoising loss on a graph batch: one noise level per molecule, noise and data at zero centre of mass."""
+def conformer_loss(diffusion: Diffusion, net: nn.Module, batch: Batch, generator: torch.Generator,
+                   source_noise: float = 0.0, hydrogen_weight: float = 1.0) -> Tensor:
+    """The core's denoising loss on a graph batch: one noise level per molecule, noise and data at zero centre of mass.
+
+    Batches of refinement pairs run the process from each seed (``batch.source``) to its target instead of from
+    Gaussian noise; ``source_noise`` (Å) jitters the seeds. ``hydrogen_weight`` weights hydrogens' errors against
+    heavy atoms': between a force field's minimum and DFT's, terminal OH / NH2 / CH3 rotations move hydrogens several
+    times more than the heavy atoms move, which would drown the heavy-atom signal the metrics measure."""
     project = partial(remove_mean, batch=batch.batch)
+    source = project(batch.source) if getattr(batch, "source", None) is not None else None
+    weight = None if hydrogen_weight == 1.0 else torch.where(batch.z > 1, 1.0, hydrogen_weight)[:, None].to(batch.pos)
     return diffusion.loss(lambda x, t: net(x, t, batch), project(batch.pos), generator=generator, batch=batch.batch,
-                          num_graphs=batch.num_graphs, project=project)
+                          num_graphs=batch.num_graphs, project=project, source=source, source_noise=source_noise,
+                          loss_mask=weight)
 
 
 def _prepared(mol: Chem.Mol, skipped: list[Failure]) -> Chem.Mol | None:
@@ -123,7 +168,8 @@ def _prepared(mol: Chem.Mol, skipped: list[Failure]) -> Chem.Mol | None:
 
 
 def load_sources(data_cfg: dict[str, Any]) -> tuple[list[Chem.Mol], list[Failure]]:
-    """Prepared molecules with conformers from the ``data`` section: ``qm9_dft`` (split name or null) and ``sdf`` (paths)."""
+    """Prepared molecules with conformers from the ``data`` section: ``qm9_dft`` (split name or null) and ``sdf`` (paths
+    of conformer sets, or of refinement pairs built by ``scidiff mol build qm9-pairs``)."""
     molecules: list[Chem.Mol] = []
     skipped: list[Failure] = []
     split = data_cfg.get("qm9_dft")
@@ -159,7 +205,7 @@ def train_from_config(cfg: dict[str, Any]):
     trainer_cfg = TrainConfig.from_mapping(cfg["trainer"])
     data_cfg = cfg["data"]
     molecules, skipped = load_sources(data_cfg)
-    dataset = ConformerDataset.from_molecules(molecules, skipped)
+    dataset = ConformerDataset.from_molecules(molecules, skipped, data_cfg.get("max_pair_rmsd"))
     for item in skipped:
         log.info("skipped %s: %s", item.name, item.reason)  # summarised below; the list is in the log at INFO
     sizes = dataset.num_nodes()
@@ -169,5 +215,6 @@ def train_from_config(cfg: dict[str, Any]):
     model = build_model(cfg["model"])
     max_nodes = int(data_cfg["max_nodes"])
     plan = partial(node_balanced_batches, sizes, max_nodes, trainer_cfg.seed)
-    return train(model, dataset, partial(conformer_loss, diffusion), trainer_cfg, collate_fn=_collate,
-                 batch_plan=plan, run_config=cfg)
+    loss = partial(conformer_loss, diffusion, source_noise=float(data_cfg.get("source_noise", 0.0)),
+                   hydrogen_weight=float(data_cfg.get("hydrogen_weight", 1.0)))
+    return train(model, dataset, loss, trainer_cfg, collate_fn=_collate, batch_plan=plan, run_config=cfg)

@@ -115,3 +115,19 @@ def test_evaluate_on_a_smiles_table_scores_validity_and_names_bad_lines(tmp_path
     assert result["posebusters"]["pass_rate"] == 1.0
     assert len(result["skipped_inputs"]) == 1 and "line 3 (broken)" in result["skipped_inputs"][0]
     assert "unclosed ring" in result["skipped_inputs"][0]
+
+
+def test_graph_preservation_re_perceives_bonds_from_3d():
+    from scidiff.mol.evaluate import graph_preservation, local_geometry_errors
+
+    mols = [mol_from_smiles(s, n) for s, n in (("CCO", "ethanol"), ("C[C@@H](N)C(=O)O", "ala"))]
+    generated = etkdg_generator(mols, 2, seed=0)
+    assert graph_preservation(generated, mols) == {"conformer_rate": 1.0, "wrong": []}
+    conf = generated[0].GetConformer(0)
+    xyz = conf.GetPositions()
+    xyz[0] += 5.0  # a carbon pulled out of the molecule: its bonds are gone when re-perceived
+    conf.SetPositions(xyz)
+    assert graph_preservation(generated, mols) == {"conformer_rate": 0.75, "wrong": ["ethanol:0"]}
+    # local geometry against a "DFT" that is the conformer itself: zero errors
+    exact = local_geometry_errors([generated[1]], [generated[1]])
+    assert exact["bond_median_A"] == pytest.approx(0.0, abs=1e-9) and exact["angle_median_deg"] == pytest.approx(0.0, abs=1e-6)

@@ -114,9 +114,9 @@ def test_cli_exit_status_determinism_and_model_generation(tmp_path, capsys):
 
 
 def test_one_registry_names_every_generator():
-    assert METHODS == tuple(GENERATORS) == ("etkdg", "etkdg_mmff", "scidiff")
+    assert METHODS == tuple(GENERATORS) == ("etkdg", "etkdg_mmff", "etkdg_mmff_xtb", "scidiff", "scidiff_denovo")
     assert get_generator("etkdg_mmff") is etkdg_mmff_generator
-    with pytest.raises(ValueError, match="unknown method 'rdkit'; choose one of etkdg, etkdg_mmff, scidiff"):
+    with pytest.raises(ValueError, match="unknown method 'rdkit'; choose one of etkdg, etkdg_mmff, etkdg_mmff_xtb, scidiff"):
         get_generator("rdkit")
 
 
@@ -131,9 +131,45 @@ def test_each_molecule_is_prepared_once(monkeypatch, method, one_thread):
     assert len(calls) == 2  # the two parsable inputs, once each (C1CC fails before validation)
 
 
-def test_invalid_sampler_steps_exit_2_before_writing(tmp_path, capsys):
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "steps (--steps) must be an integer >= 1, got 0"),
+    (["--sampler", "fast"], "sampler (--sampler): unknown 'fast'"),
+    (["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1, got 0"),
+    (["--max-resample", "-1"], "max_resample (--max-resample) must be an integer >= 0, got -1"),
+    (["-n", "0"], "n (-n/--num-conformers) must be an integer >= 1, got 0"),
+])
+def test_invalid_settings_exit_2_naming_them_before_anything_is_written(tmp_path, capsys, flags, message):
+    from scidiff.cli import main as scidiff_main
+
     out = tmp_path / "x.sdf"
-    assert main(["generate", "CCO", "-o", str(out), "--method", "scidiff", "--steps", "0", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "--sampler/--steps" in err and "steps must be" in err
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert scidiff_main(["mol", "generate", "CCO", "-o", str(out), "--method", "scidiff", "--no-progress", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_paths_that_would_lose_files_are_refused(tmp_path, capsys):
+    from scidiff.cli import main as scidiff_main
+
+    precious = tmp_path / "precious.sdf"
+    precious.write_text("keep me\n")
+    source = tmp_path / "in.smi"
+    source.write_text("C1CC broken\n")
+    # a run where nothing succeeds leaves an existing output as it was
+    assert scidiff_main(["mol", "generate", str(source), "-o", str(precious), "--no-progress"]) == 1
+    assert precious.read_text() == "keep me\n" and not list(tmp_path.glob("*.partial"))
+    for target, message in ((source, "conformers are written as SDF"), (tmp_path, "is a folder"),
+                            (tmp_path / "out.mol2", "give a .sdf path"), (precious / "x.sdf", "is a file, not a folder")):
+        assert scidiff_main(["mol", "generate", "CCO", "-o", str(target), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    same = tmp_path / "in.sdf"
+    main(["generate", "CCO", "-o", str(same), "--no-progress"])
+    before = same.read_bytes()
+    assert scidiff_main(["mol", "generate", str(same), "-o", str(same), "--no-progress"]) == 2
+    assert "is the input file" in capsys.readouterr().err and same.read_bytes() == before
+
+
+def test_an_undecodable_byte_fails_only_its_line(tmp_path, capsys):
+    source = tmp_path / "a.smi"
+    source.write_bytes(b"CCO eth\xffanol\nCCN x\n")
+    summary = generate(source, tmp_path / "out.sdf", n=1)
+    assert summary.succeeded == 1 and summary.failed[0].reason == "line 1: not UTF-8 text (byte 0xff)"

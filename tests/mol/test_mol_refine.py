@@ -1,0 +1,96 @@
+"""The refiner: a flow from force-field seeds to targets, trained through the core's loop and sampled from the seeds."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+
+from scidiff.core import TrainConfig, build_diffusion, build_sampler, train
+from scidiff.mol.build import embed_conformers
+from scidiff.mol.denoiser import build_model
+from scidiff.mol.generate import refine_conformers
+from scidiff.mol.stereo import check_conformers
+from scidiff.mol.train import ConformerDataset, _collate, conformer_loss, node_balanced_batches
+
+FLOW = {"name": "flow", "prediction": "velocity"}
+
+
+def shortened_hydrogens(mol: Chem.Mol, conf_id: int, by: float = 0.15) -> np.ndarray:
+    """A known local 'force-field error' to learn: every X-H bond of the conformer shorter by ``by`` Å."""
+    pos = mol.GetConformer(conf_id).GetPositions()
+    out = pos.copy()
+    for atom in mol.GetAtoms():
+        if atom.GetAtomicNum() == 1:
+            h, x = atom.GetIdx(), atom.GetNeighbors()[0].GetIdx()
+            bond = pos[h] - pos[x]
+            out[h] = pos[x] + bond * (1 - by / np.linalg.norm(bond))
+    return out
+
+
+def pairs_of(smiles: str, k: int, seed: int) -> Chem.Mol:
+    """A refinement set's molecule as the pair builder stores it: k (ETKDG seed, target) conformer pairs with the
+    ``pair`` and ``is_target`` properties; here the target is the seed with shortened X-H bonds."""
+    raw = embed_conformers(smiles, k, seed=seed, mmff=False)
+    out = Chem.Mol(raw)
+    out.RemoveAllConformers()
+    for j, conf in enumerate(raw.GetConformers()):
+        for positions, is_target in ((conf.GetPositions(), 0), (shortened_hydrogens(raw, conf.GetId()), 1)):
+            copy = Chem.Conformer(conf)
+            copy.SetPositions(positions)
+            copy.SetDoubleProp("pair", float(j))
+            copy.SetDoubleProp("is_target", float(is_target))
+            out.AddConformer(copy, assignId=True)
+    return out
+
+
+def rmsd(a: Chem.Mol, conf_a: int, b: Chem.Mol, conf_b: int) -> float:
+    """All-atom RMSD without alignment (the refiner keeps the seed's frame)."""
+    d = a.GetConformer(conf_a).GetPositions() - b.GetConformer(conf_b).GetPositions()
+    return float(np.sqrt((d**2).sum(1).mean()))
+
+
+def test_pairs_become_targets_with_their_seeds_as_sources():
+    mol = pairs_of("CCO", 3, seed=1)
+    dataset = ConformerDataset.from_molecules([mol])
+    assert len(dataset) == 3 and len(dataset.sources) == 3
+    item = dataset[1]
+    assert np.allclose(item.source.numpy(), mol.GetConformer(2).GetPositions(), atol=1e-5)  # seed of pair 1
+    assert np.allclose(item.pos.numpy(), mol.GetConformer(3).GetPositions(), atol=1e-5)  # its target
+    far = mol.GetConformer(1).GetPositions()  # pair 0's target: its heavy atoms 0.5 Å away, another conformer
+    far[[a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() > 1], 0] += 0.5
+    mol.GetConformer(1).SetPositions(far)
+    assert len(ConformerDataset.from_molecules([mol], max_pair_rmsd=0.3)) == 2  # pairs 1 and 2 (no heavy atom moved)
+    plain = embed_conformers("CCO", 2, seed=1)
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        ConformerDataset.from_molecules([mol, plain])
+
+
+def test_a_refiner_learns_to_move_seeds_to_their_targets(tmp_path, one_thread):
+    """Trained through the core's loop on one molecule's pairs (a zero-initialised head starts as the identity),
+    the refiner moves held-out seeds to within half their distance to the targets, keeping every conformer's stereo
+    (a 150-step run: 0.109 -> 0.045 Å measured)."""
+    smiles = "C[C@@H](O)/C=C/C(=O)N"
+    dataset = ConformerDataset.from_molecules([pairs_of(smiles, 8, seed=1)])
+    dataset.conformers, dataset.sources = dataset.conformers * 4, dataset.sources * 4  # many times per step
+    diffusion = build_diffusion(FLOW)
+    torch.manual_seed(0)
+    model = build_model(dict(num_scalars=8, num_vectors=4, num_tensors=0, num_layers=2, num_rbf=16, time_dim=16,
+                             edge_dim=16, zero_init_head=True))
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=150, lr=3e-3, warmup_steps=10, ema_max_decay=0.9,
+                      log_every=50, checkpoint_every=10**6, progress=False, tensorboard=False)
+    result = train(model, dataset, partial(conformer_loss, diffusion), cfg, collate_fn=_collate,
+                   batch_plan=partial(node_balanced_batches, dataset.num_nodes(), 10**6, 0))
+    held_out = pairs_of(smiles, 4, seed=100)
+    seeds = Chem.Mol(held_out)
+    for conf in list(seeds.GetConformers())[1::2]:
+        seeds.RemoveConformer(conf.GetId())  # keep the seeds (even ids), refine them
+    refined = refine_conformers([seeds], result.ema_model, diffusion, build_sampler({"name": "euler", "steps": 2}))[0]
+    before = [rmsd(held_out, c, held_out, c + 1) for c in range(0, 8, 2)]
+    after = [rmsd(refined, c, held_out, c + 1) for c in range(0, 8, 2)]
+    assert [c.GetId() for c in refined.GetConformers()] == [0, 2, 4, 6]
+    assert np.mean(after) < 0.5 * np.mean(before), (before, after)
+    assert all(report.ok for report in check_conformers(refined))
