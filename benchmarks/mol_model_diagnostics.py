@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     losses = loss_by_sigma(args.checkpoint, held_out)
     print("EDM loss by noise level (1 = no denoising): " + ", ".join(f"{s:g} A: {v:.3f}" for s, v in losses.items()))
 
-    generated = get_generator("scidiff")(mols, args.conformers, seed=0, checkpoint=args.checkpoint)
+    generated = get_generator("scidiff_denovo")(mols, args.conformers, seed=0, checkpoint=args.checkpoint)
     errors = np.abs(bond_length_errors(mols, generated))
     print(f"bond-length error of generated conformers: median {np.median(errors):.3f} A, "
           f"95th percentile {np.percentile(errors, 95):.3f} A")

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="first N test molecules (default 100; 2,000 in all)")
     parser.add_argument("--conformers", type=int, nargs="+", default=[5], help="conformers per molecule")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--checkpoint", default=None, help="scidiff weights (default: the bundled QM9 model)")
+    parser.add_argument("--checkpoint", default=None, help="weights for scidiff or scidiff_denovo (default: the bundled ones)")
     parser.add_argument("--sampler", default=None, help="override the model run's sampler (e.g. heun, dpmpp_2m)")
     parser.add_argument("--steps", type=int, default=None, help="override the model run's sampler steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in args.conformers:
         for method in args.methods:
-            options = model_options if method == "scidiff" else {}
+            options = model_options if method.startswith("scidiff") else {}
             result = evaluate_method(method, get_generator(method), built.molecules, n, seed=args.seed,
                                      dft=built.molecules, posebusters=not args.no_posebusters,
                                      strain_steps=args.strain_steps, skipped=built.skipped, **options)

@@ -11,7 +11,8 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdDetermineBonds
 
 __all__ = ["MoleculeError", "Failure", "Built", "SUPPORTED_ELEMENTS", "FORMAL_CHARGES", "mol_from_smiles",
-           "prepare_mol", "check_elements", "implicit_hydrogen_atoms", "display_name", "mol_from_xyz"]
+           "prepare_mol", "check_elements", "implicit_hydrogen_atoms", "bonds_from_3d_match", "display_name",
+           "mol_from_xyz"]
 
 SUPPORTED_ELEMENTS = ("H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I")
 FORMAL_CHARGES = (-2, -1, 0, 1, 2)
@@ -137,6 +138,17 @@ def prepare_mol(mol: Chem.Mol, name: str | None = None) -> Chem.Mol:
 def implicit_hydrogen_atoms(mol: Chem.Mol) -> list[int]:
     """Atoms that carry hydrogens not present as atoms: conformers and graphs need every H as an atom."""
     return [a.GetIdx() for a in mol.GetAtoms() if a.GetTotalNumHs(includeNeighbors=False)]
+
+
+def bonds_from_3d_match(mol: Chem.Mol, conf_id: int = -1) -> bool:
+    """Whether the bonds perceived from one conformer's coordinates by covalent radii (RDKit's
+    ``DetermineConnectivity``, as a user re-reading an XYZ file gets them) are exactly the molecule's bonds."""
+    bonds = {frozenset((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in mol.GetBonds()}
+    xyz = Chem.RWMol(Chem.Mol(mol, confId=conf_id))
+    for bond in list(xyz.GetBonds()):
+        xyz.RemoveBond(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+    rdDetermineBonds.DetermineConnectivity(xyz)
+    return {frozenset((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in xyz.GetBonds()} == bonds
 
 
 def display_name(mol: Chem.Mol | None, index: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from rdkit import Chem
 
-from .chem import Failure, display_name
+from .chem import Failure, bonds_from_3d_match, display_name
 from .forcefield import RELAXATIONS, core_conformers, core_match, etkdg_conformers, relax_conformers
 from .io import (ConformerRecord, ConformerWriter, InputRecord, WriteReport, check_output_path, iter_inputs,
                  read_conformers, record_from_mol, record_from_smiles)
@@ -223,10 +223,13 @@ def run_generator(generate_fn: GenerateFn, mols: Sequence[Chem.Mol], n: int | Se
 
 
 def _finish(mol: Chem.Mol, reference: Chem.Mol, relax: str, core: str | None = None) -> list[int]:
-    """Relax, stereo-fix (mirror) and drop the conformers still wrong; with a core, record each conformer's RMSD
+    """Relax, stereo-fix (mirror) and drop the conformers still wrong (stereo, or bonds as re-perceived from 3D);
+    with a core, record each conformer's RMSD
     to it (Å, no superposition: the core stays in its frame). Returns the dropped conformer ids."""
     relax_conformers(mol, relax)
     bad = conformers_to_resample(fix_conformers(mol, reference))
+    # A conformer whose re-perceived bonds differ (atoms pushed within bonding distance) is dropped like wrong stereo.
+    bad += [c.GetId() for c in mol.GetConformers() if c.GetId() not in bad and not bonds_from_3d_match(mol, c.GetId())]
     remove_conformers(mol, bad)
     if core is not None and mol.GetNumConformers():
         held = load_core(core)
