@@ -122,6 +122,16 @@ def _label_seeds(mols: list[Chem.Mol], method: str) -> list[Chem.Mol]:
     return mols
 
 
+def _label_model(mols: list[Chem.Mol], spec, checkpoint: str | None) -> list[Chem.Mol]:
+    """Record on every conformer the sampler, steps and weights that made it (written into each SDF record)."""
+    for mol in mols:
+        for conf in mol.GetConformers():
+            conf.SetProp("sampler", spec.name)
+            conf.SetIntProp("steps", spec.steps)
+            conf.SetProp("weights", str(checkpoint) if checkpoint else "bundled")
+    return mols
+
+
 def _model_generator(bundled: str) -> GenerateFn:
     """A trained model as a generator: a refiner (its run names the generator of its seeds) or a de novo model."""
 
@@ -138,7 +148,7 @@ def _model_generator(bundled: str) -> GenerateFn:
         if model.seeds is None:
             if core is not None:
                 raise GenerationUnavailable("--core needs seeds to hold the core in: use a refiner or etkdg, etkdg_mmff")
-            return generate_conformers(mols, model.net, model.diffusion, spec, n, seed)
+            return _label_model(generate_conformers(mols, model.net, model.diffusion, spec, n, seed), spec, checkpoint)
         seeds = _label_seeds(get_generator(model.seeds)(mols, n, seed, core=core), model.seeds)
         unembedded = [i for i, mol in enumerate(seeds) if mol.GetNumConformers() == 0 and core is None]
         if unembedded:  # ETKDG cannot embed some strained cages: the de novo model seeds those
@@ -146,7 +156,7 @@ def _model_generator(bundled: str) -> GenerateFn:
                                   "scidiff_denovo")
             for i, mol in zip(unembedded, denovo):
                 seeds[i] = mol if mol.GetNumConformers() else seeds[i]
-        return refine_conformers(seeds, model.net, model.diffusion, spec, seed)
+        return _label_model(refine_conformers(seeds, model.net, model.diffusion, spec, seed), spec, checkpoint)
 
     generate_fn.__doc__ = f"The trained scidiff model (bundled: {bundled}), with its run's sampler unless overridden."
     return generate_fn

@@ -111,6 +111,9 @@ def test_cli_exit_status_determinism_and_model_generation(tmp_path, capsys):
     assert main(["generate", "N[C@@H](C)C(=O)O", "-n", "2", "-o", str(outs[3]), "--method", "scidiff",
                     "--no-progress"]) == 0
     assert "1/1 molecules succeeded" in capsys.readouterr().out
+    records = list(Chem.SDMolSupplier(str(outs[3]), removeHs=False))
+    assert [(r.GetProp("sampler"), r.GetIntProp("steps"), r.GetProp("weights"), r.GetProp("seed_method")) for r in records] \
+        == [("euler", 2, "bundled", "etkdg_mmff")] * 2  # what made each conformer
 
 
 def test_one_registry_names_every_generator():
