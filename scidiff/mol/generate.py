@@ -116,6 +116,19 @@ def _set_positions(mol: Chem.Mol, xyz: torch.Tensor, conf_id: int | None = None)
         mol.AddConformer(conformer, assignId=True)
 
 
+def _graphs(mols: Sequence[Chem.Mol]) -> dict[int, Data]:
+    """Position -> graph of every molecule the featuriser accepts; the others lose their conformers and get the
+    reason in ``generation_error``."""
+    graphs: dict[int, Data] = {}
+    for index, mol in enumerate(mols):
+        try:
+            graphs[index] = featurize(mol)
+        except MoleculeError as exc:
+            mol.RemoveAllConformers()
+            mol.SetProp("generation_error", exc.reason)
+    return graphs
+
+
 def generate_conformers(mols: Sequence[Chem.Mol], model: nn.Module, diffusion: Diffusion, sampler: SamplerSpec,
                         num_conformers: int = 5, seed: int = 0, max_atoms: int = 4096) -> list[Chem.Mol]:
     """``num_conformers`` sampled conformers for each prepared molecule (``chem.prepare_mol``), aligned with the inputs.
@@ -126,13 +139,9 @@ def generate_conformers(mols: Sequence[Chem.Mol], model: nn.Module, diffusion: D
     if num_conformers < 1:
         raise ValueError(f"num_conformers must be >= 1, got {num_conformers}")
     out = [Chem.Mol(mol) for mol in mols]
-    graphs: dict[int, Data] = {}
-    for index, mol in enumerate(out):
+    for mol in out:
         mol.RemoveAllConformers()
-        try:
-            graphs[index] = featurize(mol)
-        except MoleculeError as exc:
-            mol.SetProp("generation_error", exc.reason)
+    graphs = _graphs(out)
     jobs = [(m, c) for m in graphs for c in range(num_conformers)]
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     for group in pack_batches([graphs[m].num_nodes for m, _ in jobs], max_atoms):
@@ -149,13 +158,7 @@ def refine_conformers(mols: Sequence[Chem.Mol], model: nn.Module, diffusion: Dif
     ``core_atoms`` property (``forcefield.core_conformers``) stay where they are. A molecule the featuriser rejects
     comes back without conformers and with the reason in ``generation_error``."""
     out = [Chem.Mol(mol) for mol in mols]
-    graphs: dict[int, Data] = {}
-    for index, mol in enumerate(out):
-        try:
-            graphs[index] = featurize(mol)
-        except MoleculeError as exc:
-            mol.RemoveAllConformers()
-            mol.SetProp("generation_error", exc.reason)
+    graphs = _graphs(out)
     pinned = {m: [int(i) for i in out[m].GetProp("core_atoms").split(",")] if out[m].HasProp("core_atoms") else []
               for m in graphs}
     jobs = [(m, conf.GetId()) for m in graphs for conf in out[m].GetConformers()]

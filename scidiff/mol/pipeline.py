@@ -114,21 +114,15 @@ def _cached_model(checkpoint: str | None, device: str, bundled: str):
         raise GenerationUnavailable(str(err)) from None
 
 
-def _label_seeds(mols: list[Chem.Mol], method: str) -> list[Chem.Mol]:
-    """Record on every conformer which generator made its seed (written into each SDF record)."""
+def _label(mols: list[Chem.Mol], **props: Any) -> list[Chem.Mol]:
+    """Record on every conformer what made it (seed_method, sampler, steps, weights); written into each SDF record."""
     for mol in mols:
         for conf in mol.GetConformers():
-            conf.SetProp("seed_method", method)
-    return mols
-
-
-def _label_model(mols: list[Chem.Mol], spec, checkpoint: str | None) -> list[Chem.Mol]:
-    """Record on every conformer the sampler, steps and weights that made it (written into each SDF record)."""
-    for mol in mols:
-        for conf in mol.GetConformers():
-            conf.SetProp("sampler", spec.name)
-            conf.SetIntProp("steps", spec.steps)
-            conf.SetProp("weights", str(checkpoint) if checkpoint else "bundled")
+            for key, value in props.items():
+                if isinstance(value, int):
+                    conf.SetIntProp(key, value)
+                else:
+                    conf.SetProp(key, str(value))
     return mols
 
 
@@ -145,18 +139,19 @@ def _model_generator(bundled: str) -> GenerateFn:
             spec = model.sampler.with_overrides(sampler, steps)
         except ValueError as err:
             raise GenerationUnavailable(f"--sampler/--steps: {err}") from None
+        made_by = {"sampler": spec.name, "steps": spec.steps, "weights": checkpoint or "bundled"}
         if model.seeds is None:
             if core is not None:
                 raise GenerationUnavailable("--core needs seeds to hold the core in: use a refiner or etkdg, etkdg_mmff")
-            return _label_model(generate_conformers(mols, model.net, model.diffusion, spec, n, seed), spec, checkpoint)
-        seeds = _label_seeds(get_generator(model.seeds)(mols, n, seed, core=core), model.seeds)
+            return _label(generate_conformers(mols, model.net, model.diffusion, spec, n, seed), **made_by)
+        seeds = _label(get_generator(model.seeds)(mols, n, seed, core=core), seed_method=model.seeds)
         unembedded = [i for i, mol in enumerate(seeds) if mol.GetNumConformers() == 0 and core is None]
         if unembedded:  # ETKDG cannot embed some strained cages: the de novo model seeds those
-            denovo = _label_seeds(scidiff_denovo_generator([mols[i] for i in unembedded], n, seed, device=device),
-                                  "scidiff_denovo")
+            denovo = _label(scidiff_denovo_generator([mols[i] for i in unembedded], n, seed, device=device),
+                            seed_method="scidiff_denovo")
             for i, mol in zip(unembedded, denovo):
                 seeds[i] = mol if mol.GetNumConformers() else seeds[i]
-        return _label_model(refine_conformers(seeds, model.net, model.diffusion, spec, seed), spec, checkpoint)
+        return _label(refine_conformers(seeds, model.net, model.diffusion, spec, seed), **made_by)
 
     generate_fn.__doc__ = f"The trained scidiff model (bundled: {bundled}), with its run's sampler unless overridden."
     return generate_fn
