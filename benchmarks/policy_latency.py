@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py                      # bundled PushT policy, 1 thread
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --down-dims 256 512 1024   # paper-size U-Net (random weights)
+    OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --student scidiff/policy/weights/pusht_keypoints_consistency.safetensors
 
 A chunk is one predict_action call: Tp = 16 actions from To = 2 observations, of which Ta = 8 are executed.
 Latency is independent of the weights' values, so the paper-size row uses an untrained network of that size.
@@ -10,6 +11,7 @@ Latency is independent of the weights' values, so the paper-size row uses an unt
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -21,23 +23,29 @@ from scidiff.policy import DiffusionPolicy, load_policy
 from scidiff.policy.cli import BUNDLED_WEIGHTS
 
 SAMPLERS = (("ddpm", 100), ("ddim", 10), ("dpmpp_2m", 5), ("ddim", 1))
+STUDENT_SAMPLERS = (("consistency", 1), ("consistency", 2))  # a distilled student's network calls per chunk
 
 
-def chunk_latency_ms(policy: DiffusionPolicy, sampler: str, steps: int, repeats: int, batch: int = 1) -> float:
-    """Median wall time (ms) of one predict_action call."""
-    obs = torch.randn(batch, policy.n_obs_steps, policy.obs_dim)
+def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
+    """Median wall time (ms) of one predict_action call for each (policy, sampler, steps), measured interleaved:
+    every round times each combination once, so load changes on a shared machine hit all of them alike."""
+    obs = torch.randn(batch, combos[0][0].n_obs_steps, combos[0][0].obs_dim)
     generator = torch.Generator().manual_seed(0)
-    policy.predict_action(obs, sampler=sampler, steps=steps, generator=generator)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy.predict_action(obs, sampler=sampler, steps=steps, generator=generator)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    times: list[list[float]] = [[] for _ in combos]
+    for round_ in range(repeats + 1):
+        for k, (policy, sampler, steps) in enumerate(combos):
+            if round_ and steps >= 50 and (round_ - 1) % 5:  # DDPM-100 costs 10x: every fifth round only
+                continue
+            start = time.perf_counter()
+            policy.predict_action(obs, sampler=sampler, steps=steps, generator=generator)
+            if round_:  # round 0 is the warm-up
+                times[k].append(time.perf_counter() - start)
+    return [1000 * statistics.median(t) for t in times]
 
 
-def train_samples_per_s(policy: DiffusionPolicy, batch_size: int, iters: int) -> float:
-    """Training throughput: loss, backward and an AdamW step on random windows of the policy's shapes."""
+def train_samples_per_s(policy: DiffusionPolicy, batch_size: int, iters: int, bf16: bool = False) -> float:
+    """Training throughput: loss, backward and an AdamW step on random windows of the policy's shapes (optionally
+    under bf16 autocast, as the trainer's precision=bf16)."""
     policy.train()
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     batch = {"obs": torch.randn(batch_size, policy.n_obs_steps, policy.obs_dim),
@@ -45,7 +53,8 @@ def train_samples_per_s(policy: DiffusionPolicy, batch_size: int, iters: int) ->
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        loss = policy(batch, generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = policy(batch, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -61,10 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(BUNDLED_WEIGHTS), help="policy file (default: bundled PushT)")
     parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="time an untrained U-Net of these widths")
+    parser.add_argument("--student", default=None, help="also time this consistency student at 1 and 2 calls")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
     parser.add_argument("--train-iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-variants", action="store_true",
+                        help="also time training with model.compile() and with bf16 autocast, interleaved with eager fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -76,15 +88,33 @@ def main() -> None:
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"# {source}: {n_params / 1e6:.2f} M parameters, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}")
-    rows = []
-    for sampler, steps in SAMPLERS:
-        ms = chunk_latency_ms(policy, sampler, steps, args.repeats if steps < 50 else max(3, args.repeats // 5))
-        rows.append({"sampler": sampler, "steps": steps, "chunk_latency_ms": round(ms, 2),
-                     "actions_per_s_at_Ta": round(policy.n_action_steps / (ms / 1000), 1)})
-        print(json.dumps(rows[-1]), flush=True)
-    sps = train_samples_per_s(policy, args.batch_size, args.train_iters)
-    print(json.dumps({"train_batch_size": args.batch_size, "train_samples_per_s": round(sps, 1),
-                      "train_steps_per_s": round(sps / args.batch_size, 2)}))
+    combos = [(policy, sampler, steps) for sampler, steps in SAMPLERS]
+    if args.student:
+        student = load_policy(args.student)
+        combos += [(student, sampler, steps) for sampler, steps in STUDENT_SAMPLERS]
+    for (p, sampler, steps), ms in zip(combos, chunk_latencies_ms(combos, args.repeats)):
+        row = {"policy": "student" if p.objective == "consistency" else "teacher", "sampler": sampler, "steps": steps,
+               "chunk_latency_ms": round(ms, 2), "actions_per_s_at_Ta": round(p.n_action_steps / (ms / 1000), 1)}
+        print(json.dumps(row), flush=True)
+    if not args.train_variants:
+        sps = train_samples_per_s(policy, args.batch_size, args.train_iters)
+        print(json.dumps({"train_batch_size": args.batch_size, "train_samples_per_s": round(sps, 1),
+                          "train_steps_per_s": round(sps / args.batch_size, 2)}))
+        return
+    compiled = copy.deepcopy(policy)
+    compiled.compile()
+    start = time.perf_counter()
+    train_samples_per_s(compiled, args.batch_size, 1)
+    print(json.dumps({"compile_warmup_s": round(time.perf_counter() - start, 1)}))
+    variants = {"eager fp32": (policy, False), "compile fp32": (compiled, False), "eager bf16 autocast": (policy, True)}
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(3):  # interleaved rounds
+        for name, (p, bf16) in variants.items():
+            runs[name].append(train_samples_per_s(p, args.batch_size, args.train_iters, bf16))
+    base = statistics.median(runs["eager fp32"])
+    for name, values in runs.items():
+        sps = statistics.median(values)
+        print(json.dumps({"train": name, "train_samples_per_s": round(sps, 1), "vs_eager": round(sps / base, 2)}))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the envs subcommands (`collect`) to an argparse subparsers object."""
     from .experts import EXPERTS
 
+    from scidiff.commands import HelpFormatter, add_threads_option
+
     collect = subparsers.add_parser(
-        "collect",
+        "collect", formatter_class=HelpFormatter,
         help="record scripted-expert episodes to a replay-buffer zarr",
         description="Record N scripted-expert episodes (deterministic per seed) in the replay-buffer zarr layout.",
     )
@@ -23,9 +25,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     collect.add_argument("--episodes", type=int, default=100, help="number of episodes to record (default 100)")
     collect.add_argument("--seed", type=int, default=0, help="seed of the whole collection (default 0)")
-    collect.add_argument("--out", type=Path, required=True, help="output .zarr directory (replaced if it exists)")
+    collect.add_argument("--out", type=Path, required=True,
+                         help="output .zarr directory (an existing replay buffer there is replaced; anything else there "
+                              "is refused)")
     collect.add_argument("--keep-failures", action="store_true", help="also keep episodes the expert failed")
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_option(collect)
     collect.set_defaults(envs_run=_run_collect)
 
 
@@ -34,11 +39,27 @@ def run(args: argparse.Namespace) -> int:
     return args.envs_run(args)
 
 
+def _check_collect_out(out: Path) -> None:
+    """``--out`` as a place a replay buffer may go: new, or an existing replay buffer (replaced). A folder that holds
+    anything else (a project, a home folder) is refused: replacing it would delete it."""
+    from scidiff.commands import check_output
+
+    check_output(out, "--out", folder=True)
+    if out.is_dir() and any(out.iterdir()) and not ((out / "meta" / "episode_ends").exists() and (out / "data").is_dir()):
+        raise ValueError(f"--out {out} is a folder that is not a replay buffer (no data/ and meta/episode_ends); "
+                         "refusing to replace it: give a new path such as demos.zarr")
+
+
 def _run_collect(args: argparse.Namespace) -> int:
     """Record the episodes and write them to args.out."""
+    from scidiff.commands import check_int, set_threads
+
     from . import register_envs
     from .collect import collect_episodes
 
+    check_int("--episodes", args.episodes, 1)
+    _check_collect_out(args.out)
+    set_threads(args.threads)
     register_envs()
     buffer, failures = collect_episodes(
         args.env, args.episodes, seed=args.seed, keep_failures=args.keep_failures, progress=not args.no_progress

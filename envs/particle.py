@@ -119,10 +119,12 @@ class ParticleEnv(gym.Env):
         return {"is_success": bool(self._obs[VISITED].all()), "first_goal": self._first_goal}
 
     def step(self, action):
-        """Drive the particle towards target position `action` in [0, 1]^2 for one 20 Hz control step."""
+        """Drive the particle towards target position `action` in [0, 1]^2 for one 20 Hz control step; targets are
+        clipped to that square (NaN and inf are refused), so the particle and its observation stay in their spaces."""
         if self._obs is None:
             raise RuntimeError("ParticleEnv: call reset() before step()")
         target = as_finite_vector(action, 2, "Particle action (target x, y in [0, 1])")
+        target = np.clip(target, self.action_space.low, self.action_space.high)
         offset, vel = self._transition @ np.stack([self._obs[POS] - target, self._obs[VEL]])
         pos = target + offset
         self._obs[POS], self._obs[VEL], self._target = pos, vel, target

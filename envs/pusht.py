@@ -342,9 +342,15 @@ class PushTEnv(gym.Env):
         return self._observation(), self._info(coverage(self._block_pose()))
 
     def step(self, action):
-        """Drive the agent towards the target position `action` (pixels) for one 10 Hz control step."""
+        """Drive the agent towards the target position `action` (pixels) for one 10 Hz control step.
+
+        Targets are clipped to the action space [0, 512]^2 (NaN and inf are refused): the agent is kinematic, as in
+        Chi et al.'s env, so walls do not stop it, and a far-off target would fling it out of the workspace (and the
+        observation out of its space) or through a wall. Every recorded action lies inside, so replays are unchanged.
+        """
         self._require_reset()
         target = as_finite_vector(action, 2, "PushT action (target x, y in pixels)")
+        target = np.clip(target, self.action_space.low, self.action_space.high)
         self._n_contact_points = 0
         self._last_action = target
         self._simulate(target)

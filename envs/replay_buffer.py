@@ -156,6 +156,9 @@ class ReplayBuffer:
         """Write the zarr v2 replay-buffer layout to `path`, through a temporary directory renamed into place."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Half-written folders of saves killed mid-write (an .old-* folder is kept: it may be the only copy left).
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             root = _open_group(tmp, "w")

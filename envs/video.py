@@ -73,24 +73,24 @@ def tile_episodes(episodes: Sequence[Sequence[np.ndarray]], ncols: int | None = 
 
 
 def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float = 10.0) -> Path:
-    """Write RGB uint8 frames to an .mp4 (H.264 via imageio-ffmpeg) or .gif file; returns the path."""
+    """Write RGB uint8 frames to an .mp4 (H.264 via imageio-ffmpeg) or .gif file, atomically (a failed encode leaves
+    neither a truncated video nor a changed old one); returns the path."""
+    from scidiff.commands import atomic_write, remove_stale_temps
+
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"video path must end in .mp4 or .gif, got {path.name!r}")
     if not frames:
         raise ValueError("write_video needs at least one frame")
     frames = [np.asarray(frame, dtype=np.uint8) for frame in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
+    remove_stale_temps(path)
     if suffix == ".gif":
-        imageio.mimwrite(path, frames, format="GIF", duration=1000.0 / fps, loop=0)
-    elif suffix == ".mp4":
-        # H.264 in yuv420p needs even sides; pad with white rather than let ffmpeg rescale the frames.
-        frames = [_pad_even(frame) for frame in frames]
-        imageio.mimwrite(
-            path, frames, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error"
-        )
-    else:
-        raise ValueError(f"video path must end in .mp4 or .gif, got {path.name!r}")
-    return path
+        return atomic_write(path, lambda tmp: imageio.mimwrite(tmp, frames, format="GIF", duration=1000.0 / fps, loop=0))
+    # H.264 in yuv420p needs even sides; pad with white rather than let ffmpeg rescale the frames.
+    frames = [_pad_even(frame) for frame in frames]
+    return atomic_write(path, lambda tmp: imageio.mimwrite(
+        tmp, frames, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error"))
 
 
 def _pad_even(frame: np.ndarray) -> np.ndarray:

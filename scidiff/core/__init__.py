@@ -3,7 +3,7 @@
 from .checkpoint import load_run
 from .config import build_diffusion, build_sampler
 from .diffusion import Diffusion, SamplerSpec
-from .loss import diffusion_loss
+from .loss import consistency_distillation_loss, diffusion_loss
 from .prediction import (
     PREDICTIONS,
     WEIGHTINGS,
@@ -32,6 +32,7 @@ from .samplers import (
     SampleResult,
     check_sampler,
     sample,
+    sample_consistency,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -42,9 +43,9 @@ from .trainer import TrainConfig, train
 
 __all__ = [
     "Diffusion", "SamplerSpec", "build_diffusion", "build_sampler", "load_run", "TrainConfig", "train",
-    "diffusion_loss", "PREDICTIONS", "WEIGHTINGS", "append_dims", "check_prediction", "edm_scalings",
+    "diffusion_loss", "consistency_distillation_loss", "PREDICTIONS", "WEIGHTINGS", "append_dims", "check_prediction", "edm_scalings",
     "loss_weight", "network_forward", "prediction_target", "prediction_to_x0", "x0_denoiser",
     "EDM", "Flow", "NoiseProcess", "VPDiscrete", "alphas_cumprod_from_betas", "cosine_betas", "linear_betas",
-    "polynomial_alphas_cumprod", "SAMPLERS", "Pin", "SampleResult", "check_sampler", "sample", "sample_ddim",
+    "polynomial_alphas_cumprod", "SAMPLERS", "Pin", "SampleResult", "check_sampler", "sample", "sample_consistency", "sample_ddim",
     "sample_ddpm", "sample_dpmpp_2m", "sample_euler", "sample_heun",
 ]

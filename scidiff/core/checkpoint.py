@@ -2,41 +2,30 @@
 
 Both are written atomically (temporary file in the same folder, then ``os.replace``) so a run killed
 mid-write never leaves a truncated checkpoint, and both load without unpickling (``weights_only=True``,
-safetensors).
+safetensors). A write that fails removes its temporary file (a full disk says so, with the free space); one killed
+mid-write leaves it behind, and ``remove_stale_temps`` clears those when the next run starts (both from
+``scidiff.commands``, the one atomic writer of the project). A file that is not what it should be (truncated,
+another format) is a ValueError naming it and what was expected.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import pickle
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-__all__ = ["atomic_write", "save_training_state", "load_training_state", "save_inference", "load_inference", "load_run",
-           "check_task"]
+from scidiff.commands import atomic_write, remove_stale_temps
+
+__all__ = ["atomic_write", "remove_stale_temps", "save_training_state", "load_training_state", "read_run_state",
+           "save_inference", "load_inference", "load_run", "check_task"]
 
 CONFIG_KEY = "scidiff_config"
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
@@ -44,9 +33,32 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training state with ``weights_only=True``: nothing in the file is executed."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _unreadable(path: str | Path, reason: str) -> ValueError:
+    return ValueError(f"{path}: not a readable training checkpoint (expected a torch.save archive of a scidiff training "
+                      f"state; {reason}). It may be truncated: restore it, or delete it to start over")
+
+
+def load_training_state(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a training state with ``weights_only=True``: nothing in the file is executed. A file that is not one
+    (truncated, another format, or holding Python objects other than tensors and plain containers) is a ValueError
+    naming it. ``mmap`` maps the tensors instead of reading them (cheap when only the step and config are needed)."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives; others are not loaded
+        raise _unreadable(path, "it is not a zip archive")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused to load: it holds Python objects other than tensors and plain containers, "
+                         f"and checkpoints are never unpickled ({first})") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise _unreadable(path, str(err).split(". ")[0] or type(err).__name__) from None
+
+
+def read_run_state(path: str | Path) -> tuple[int, dict[str, Any] | None]:
+    """(step, run config or None) of a training checkpoint, without reading its tensors."""
+    state = load_training_state(path, mmap=True)
+    config = state.get("config")
+    return int(state.get("step", 0)), json.loads(config) if isinstance(config, str) else config
 
 
 def save_inference(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
@@ -60,9 +72,13 @@ def load_inference(path: str | Path, device: str | torch.device = "cpu") -> tupl
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no inference weights at {path}")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file (expected scidiff weights in safetensors format, "
+                         f"e.g. a run's model.safetensors; {err}). It may be truncated or of another format") from None
     if CONFIG_KEY not in metadata:
         raise ValueError(f"{path} has no '{CONFIG_KEY}' metadata: not a scidiff inference file")
     return state, json.loads(metadata[CONFIG_KEY])

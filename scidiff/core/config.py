@@ -20,7 +20,8 @@ from .process import (
 )
 from .samplers import SAMPLERS, check_sampler
 
-__all__ = ["build_diffusion", "build_process", "build_sampler", "compose", "config_dir", "to_container"]
+__all__ = ["build_diffusion", "build_process", "build_sampler", "compose", "compose_checked", "check_value_types",
+           "config_dir", "to_container"]
 
 _HOOKS = {"generator", "project", "pin"}
 
@@ -118,3 +119,42 @@ def to_container(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _kind(value: Any) -> str | None:
+    """The type a setting must keep: 'a boolean', 'an integer', 'a number' (int or float), or None (anything goes)."""
+    if isinstance(value, bool):
+        return "a boolean (true or false)"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return None
+
+
+def check_value_types(cfg: Mapping[str, Any], base: Mapping[str, Any], prefix: str = "") -> None:
+    """Refuse a value whose type differs from the one the config files give that setting (``model.hidden=big`` where
+    the files say 256; ``trainer.lr=fast``), naming it, so a typo fails here and not as a TypeError deep in a model."""
+    for key, value in cfg.items():
+        name, expected = f"{prefix}{key}", base.get(key) if isinstance(base, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(expected, Mapping):
+            check_value_types(value, expected, f"{name}.")
+            continue
+        kind = _kind(expected)
+        if kind is None or value is None:
+            continue
+        ok = (isinstance(value, bool) if kind.startswith("a boolean") else
+              isinstance(value, int) and not isinstance(value, bool) if kind == "an integer" else
+              isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{name} must be {kind} (the configs give {expected!r}), got {value!r}")
+
+
+def compose_checked(overrides: list[str] | None = None) -> dict[str, Any]:
+    """``compose`` resolved to a plain dict, with every ``key.sub=value`` override checked against the type the config
+    files give that key (``check_value_types``); group choices (``process=flow``) pick the files compared against."""
+    overrides = list(overrides or [])
+    cfg = to_container(compose(overrides))
+    groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    check_value_types(cfg, to_container(compose(groups)))
+    return cfg

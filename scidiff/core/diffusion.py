@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .loss import diffusion_loss
+from .loss import consistency_distillation_loss, diffusion_loss
 from .prediction import Network, x0_denoiser
 from .process import NoiseProcess
 from .samplers import Denoiser, SampleResult, check_sampler, sample
@@ -28,6 +28,11 @@ class Diffusion:
         """The denoising loss of ``net`` on clean ``x0``; kwargs go to diffusion_loss (generator=, batch=, ...)."""
         return diffusion_loss(net, x0, self.process, self.prediction, self.weighting,
                               min_snr_gamma=self.min_snr_gamma, **kwargs)
+
+    def consistency_loss(self, net: Network, teacher: Denoiser, x0: Tensor, steps: int, **kwargs: Any) -> Tensor:
+        """Consistency distillation of ``teacher`` (an x0 denoiser) into ``net`` on this process's ``steps``-grid;
+        kwargs go to consistency_distillation_loss (generator=, loss_mask=)."""
+        return consistency_distillation_loss(self.denoiser(net), teacher, x0, self.process, steps, **kwargs)
 
     def denoiser(self, net: Network, clip: float | None = None) -> Denoiser:
         """The sampler's (x_t, t) -> x0 estimate of ``net``, optionally clipped to [-clip, clip]."""

@@ -10,7 +10,9 @@ from torch import Tensor
 from .prediction import Network, append_dims, loss_weight, network_forward, prediction_target
 from .process import NoiseProcess
 
-__all__ = ["diffusion_loss"]
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["diffusion_loss", "consistency_distillation_loss"]
 
 
 def diffusion_loss(
@@ -58,6 +60,53 @@ def diffusion_loss(
     target = prediction_target(x0, eps, t, process, prediction)
     weight = append_dims(loss_weight(process, t, prediction, weighting, min_snr_gamma), x0.ndim)
     err = weight * (raw.float() - target.float()) ** 2
+    if loss_mask is None:
+        return err.mean()
+    mask = loss_mask.expand_as(err).to(err.dtype)
+    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def consistency_distillation_loss(
+    student: Denoiser,
+    teacher: Denoiser,
+    x0: Tensor,
+    process: NoiseProcess,
+    steps: int,
+    *,
+    stride: int = 1,
+    generator: torch.Generator | None = None,
+    loss_mask: Tensor | None = None,
+) -> Tensor:
+    """Consistency distillation E_n ||f(x_{t_n+1}) - sg f(x^_{t_n})||^2, x^ deterministic DDIM steps of the teacher
+    (Song et al. 2023, Alg. 2; stop-gradient target as in Song & Dhariwal 2023).
+
+    ``student`` and ``teacher`` are (x_t, per-row t) -> x0 denoisers. The teacher walks the grid
+    ``process.sampling_times(steps)``; the student learns every ``stride``-th time of it, each of its intervals
+    bridged by ``stride`` teacher steps (stride = steps: one-step distillation of the whole DDIM run, no
+    bootstrapping). At the clean end the target is the teacher's own result (the boundary condition f(x, clean) = x),
+    so a student that minimises this loss maps each of its grid points x_t to the end of the teacher's
+    DDIM-``steps`` trajectory through it, and sample_consistency(calls=k) on the same grid needs k network calls.
+    """
+    if steps % stride:
+        raise ValueError(f"consistency distillation: stride={stride} must divide steps={steps}")
+    ts = process.sampling_times(steps).to(x0.device)
+    n = stride * torch.randint(0, steps // stride, (x0.shape[0],), generator=generator, device=x0.device)
+
+    def coefficients(i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        alpha, sigma = (append_dims(c, x0.ndim).to(x0.dtype) for c in process.alpha_sigma(ts[i]))
+        return ts[i], alpha, sigma
+
+    t_hi, a_hi, s_hi = coefficients(n)
+    x_hi = a_hi * x0 + s_hi * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    with torch.no_grad():
+        x, (t, a, s) = x_hi, (t_hi, a_hi, s_hi)
+        for k in range(1, stride + 1):
+            t_next, a_next, s_next = coefficients(n + k)
+            x0_teacher = teacher(x, t)
+            x = a_next * x0_teacher + s_next * (x - a * x0_teacher) / s
+            t, a, s = t_next, a_next, s_next
+        target = torch.where(s == 0, x, student(x, t))
+    err = (student(x_hi, t_hi).float() - target.float()) ** 2
     if loss_mask is None:
         return err.mean()
     mask = loss_mask.expand_as(err).to(err.dtype)

@@ -30,6 +30,7 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_heun",
     "sample_euler",
+    "sample_consistency",
     "sample",
     "check_sampler",
 ]
@@ -199,12 +200,34 @@ def sample_euler(denoise: Denoiser, x: Tensor, ts: Tensor, process: NoiseProcess
     return SampleResult(x, len(steps))
 
 
+def sample_consistency(denoise: Denoiser, x: Tensor, ts: Tensor, process: NoiseProcess, *, calls: int = 1,
+                       generator: torch.Generator | None = None, project: Projection | None = None,
+                       pin: Pin | None = None) -> SampleResult:
+    """Multistep consistency sampling on ``calls`` evenly spaced times of the grid: jump to x0, re-noise, repeat
+    (Song et al. 2023, Alg. 1).
+
+    ``ts`` is the grid a consistency model was distilled on (consistency_distillation_loss with the same steps), so
+    each call lands where the teacher's trajectory through that grid point ends; calls=1 is one network evaluation."""
+    steps = _Steps(ts, process, x, generator, project, pin)
+    if not isinstance(calls, int) or isinstance(calls, bool) or not 1 <= calls <= len(steps):
+        raise ValueError(f"sampler.calls must be an integer in [1, steps={len(steps)}], got {calls!r}")
+    at = [round(i * len(steps) / calls) for i in range(calls)] + [len(steps)]
+    x = steps.constrain(x, steps.alpha[0], steps.sigma[0])
+    for i, j in zip(at[:-1], at[1:]):
+        x0 = denoise(x, _rows(steps.t[i], x))
+        a_s, s_s = steps.alpha[j], steps.sigma[j]
+        x = a_s * x0 + s_s * _randn_like(x, generator) if s_s > 0 else x0
+        x = steps.constrain(x, a_s, s_s)
+    return SampleResult(x, calls)
+
+
 SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
     "heun": sample_heun,
     "euler": sample_euler,
+    "consistency": sample_consistency,
 }
 
 

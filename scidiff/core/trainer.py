@@ -24,11 +24,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import load_training_state, save_inference, save_training_state
+from .checkpoint import load_training_state, read_run_state, remove_stale_temps, save_inference, save_training_state
 from .distributed import DistInfo, all_gather_objects, close_distributed, init_distributed
 from .ema import EMA
 
-__all__ = ["TrainConfig", "TrainResult", "train", "shuffled_batches", "warmup_cosine", "resolve_device", "move_to"]
+__all__ = ["TrainConfig", "TrainResult", "train", "shuffled_batches", "warmup_cosine", "resolve_device", "move_to",
+           "RESUME_MAY_CHANGE", "checkpoint_path", "resume_conflicts", "check_resume"]
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tensor]
 BatchPlan = Callable[[int], Sequence[Sequence[int]]]
@@ -65,8 +66,12 @@ class TrainConfig:
         positive = ("max_steps", "batch_size", "log_every", "checkpoint_every")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"trainer.{name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "weight_decay", "grad_clip", "ema_power", "ema_max_decay", "warmup_steps", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"trainer.{name} must be a number, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -83,6 +88,60 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"trainer: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+# Settings a resumed run may change: how long it runs, how often it logs, evaluates and checkpoints, where and how
+# fast it runs. Every other setting shapes the weights or the data, so resuming under a changed one would continue
+# the old weights as another model.
+RESUME_MAY_CHANGE = frozenset(f"trainer.{name}" for name in (
+    "max_steps", "log_every", "eval_every", "checkpoint_every", "progress", "tensorboard", "num_workers", "device",
+    "precision", "compile", "resume", "out_dir"))
+
+
+def checkpoint_path(out_dir: str | Path) -> Path:
+    """The full training state a run in ``out_dir`` resumes from."""
+    return Path(out_dir) / "checkpoints" / "last.pt"
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix[:-1]: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'key: saved -> new' for every setting that differs between a checkpoint's run config and a new one, except
+    ``RESUME_MAY_CHANGE``; sections only the saved config has (added by a domain's trainer) are not compared."""
+    saved = json.loads(json.dumps({k: v for k, v in saved.items() if k in new}))
+    new = json.loads(json.dumps(new))  # tuples and lists compare as they are stored
+    old_flat, new_flat = _flatten(saved), _flatten(new)
+    shown = lambda flat, key: repr(flat[key]) if key in flat else "unset"  # noqa: E731
+    return [f"{key}: {shown(old_flat, key)} -> {shown(new_flat, key)}" for key in sorted(old_flat.keys() | new_flat.keys())
+            if key not in RESUME_MAY_CHANGE and old_flat.get(key, KeyError) != new_flat.get(key, KeyError)]
+
+
+def check_resume(out_dir: str | Path, run_config: dict[str, Any] | None, max_steps: int) -> int:
+    """The step a run in ``out_dir`` resumes from (0 when there is no checkpoint), or a ValueError before anything is
+    written: the checkpoint is unreadable, it was trained under other settings (named), or it is already past
+    ``max_steps``. The one check of every resume: ``scidiff train`` runs it before writing config.yaml, ``train``
+    again before loading."""
+    path = checkpoint_path(out_dir)
+    if not path.is_file():
+        return 0
+    step, saved = read_run_state(path)
+    fresh = f"use a new trainer.out_dir, or trainer.resume=false to train {out_dir} again from step 0 (overwriting it)"
+    if saved is not None and run_config is not None:
+        conflicts = resume_conflicts(saved, run_config)
+        if conflicts:
+            raise ValueError(f"{out_dir} holds a run at step {step} trained with other settings, which this run would "
+                             f"resume: {'; '.join(conflicts)}. Rerun with the run's settings to continue it, or {fresh}")
+    if max_steps < step:
+        raise ValueError(f"trainer.max_steps={max_steps} is below step {step}, where the run in {out_dir} already is; "
+                         f"raise trainer.max_steps to continue it, or {fresh}")
+    return step
 
 
 @dataclass
@@ -223,13 +282,18 @@ def train(
     ``evaluate(ema_or_model, step)`` runs on the main rank every ``eval_every`` steps; its numbers are logged.
     ``run_config`` (JSON-able) is stored with every checkpoint and in the safetensors inference file.
     """
-    info = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, info)
     out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    ckpt_path = checkpoint_path(out_dir)
     run_config = dict(run_config or {})
     run_config.setdefault("trainer", dataclasses.asdict(cfg))
+    if cfg.resume:
+        check_resume(out_dir, run_config, cfg.max_steps)
+    info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, info)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if info.is_main:
+        for target in (ckpt_path, out_dir / "model.safetensors"):
+            remove_stale_temps(target)
 
     torch.manual_seed(cfg.seed + info.rank)
     noise = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + info.rank)

@@ -82,7 +82,7 @@ def embed_conformers(smiles: str, num_conformers: int = 5, seed: int = 0, mmff: 
     return mol
 
 
-def _conformer_values(mol: Chem.Mol) -> list[dict[str, float]]:
+def _conformer_values(mol: Chem.Mol) -> list[dict[str, float | str]]:
     """Every conformer's numeric properties: pickling drops them, so workers send them beside the mol."""
     return [conf.GetPropsAsDict(includePrivate=False, includeComputed=False) for conf in mol.GetConformers()]
 
@@ -114,7 +114,7 @@ def _job_runner(processes: int | None, count: int) -> Iterator[JobRunner]:
         yield lambda fn, jobs: list(pool.map(fn, jobs, chunksize=max(1, len(jobs) // (4 * processes))))
 
 
-def _collect(results: Sequence[tuple[str, Chem.Mol | None, list[dict[str, float]], str]]) -> Built:
+def _collect(results: Sequence[tuple[str, Chem.Mol | None, list[dict[str, float | str]], str]]) -> Built:
     """Workers' (name, mol or None, conformer values, reason) -> Built, names, places and conformer values restored."""
     built = Built()
     for position, (name, mol, values, reason) in enumerate(results):
@@ -125,8 +125,11 @@ def _collect(results: Sequence[tuple[str, Chem.Mol | None, list[dict[str, float]
         mol.SetProp("_Name", name)
         mol.SetIntProp("input_index", position)  # its place among the given items (names need not be unique)
         for conf, props in zip(mol.GetConformers(), values):
-            for key, value in props.items():
-                conf.SetDoubleProp(key, float(value))
+            for key, value in props.items():  # numbers (energies, RMSDs) and labels (which embedding made it)
+                if isinstance(value, str):
+                    conf.SetProp(key, value)
+                else:
+                    conf.SetDoubleProp(key, float(value))
         built.molecules.append(mol)
     return built
 

@@ -13,9 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
+from scidiff.commands import HelpFormatter, add_threads_option, check_int, check_output, set_threads
+
 from .build import SOURCES, build_qm9_pairs, build_shards, read_smiles_file
 from .evaluate import compare_table, evaluate_method, file_generator, load_reference_set, save_results
 from .forcefield import RELAXATIONS
+from .io import UNASSIGNED_STEREO
 from .pipeline import METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
 
 __all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
@@ -26,7 +29,7 @@ PAIRS = "qm9-pairs"  # the build source of refinement pairs (not a SMILES list)
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the mol subcommands to an argparse subparsers object."""
     build = subparsers.add_parser(
-        "build",
+        "build", formatter_class=HelpFormatter,
         help="build an ETKDG + MMFF conformer training set or QM9 refinement pairs (sharded SDF, resumable)",
         description="Build conformers for the leakage-free QM9 or drug-like SMILES lists of the data root (test "
                     "molecules removed), or for your own SMILES files (.csv with a 'smiles' column, or .smi[.gz]). "
@@ -51,7 +54,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``generate`` (INPUT -n N -o OUT.sdf) to an argparse subparsers object."""
     p = subparsers.add_parser(
-        "generate", help="generate 3D conformers (explicit H) for SMILES / .smi / .csv / .sdf input into an SDF",
+        "generate", formatter_class=HelpFormatter, help="generate 3D conformers (explicit H) for SMILES / .smi / .csv / .sdf input into an SDF",
         description="One SDF record per conformer, named by the input id, with input_index, conf_id and the settings "
                     "used. Stereo of every conformer is checked against the input (mirror fix, bounded resampling); "
                     "wrong ones are never written. Exit status 1 only when nothing could be generated.")
@@ -59,8 +62,9 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("-n", "--num-conformers", type=int, default=10, help="conformers per molecule (default 10)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .sdf (written atomically)")
     p.add_argument("--method", choices=METHODS, default="etkdg", help="generator (default etkdg)")
-    p.add_argument("--sampler", default=None, help="scidiff sampler (model only), e.g. ddim, heun")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (model only)")
+    p.add_argument("--sampler", default=None,
+                   help="scidiff sampler (model only), e.g. ddim, heun (default: the one the model's run used)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model only; default: the model run's)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed and batch size -> same output")
     p.add_argument("--batch-size", type=int, default=32, help="molecules per generator call (default 32)")
     p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu, cuda")
@@ -70,9 +74,14 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                    help="hold a shared scaffold: atoms matching the heavy atoms of REF.sdf's first molecule keep its "
                         "coordinates (etkdg, etkdg_mmff, scidiff); each record gets its core_rmsd")
     p.add_argument("--max-resample", type=int, default=2, help="resampling rounds for conformers with wrong stereo")
+    p.add_argument("--unassigned-stereo", choices=UNASSIGNED_STEREO, default="keep-any",
+                   help="stereocentres the input leaves open (a SMILES without @, an SDF with all-zero coordinates): "
+                        "keep-any (any configuration, with a warning per molecule), enumerate (every stereoisomer, "
+                        "as NAME_stereoK) or refuse (fail the molecule)")
     p.add_argument("--smiles-column", default=None, help="SMILES column name of a table with a header")
     p.add_argument("--id-column", default=None, help="id column name of a table with a header")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_option(p)
     p.set_defaults(mol_run=run_generate)
     return p
 
@@ -88,22 +97,25 @@ def run_generate(args: argparse.Namespace, generate_fn: GenerateFn | None = None
         print(f"failed: {failure.describe()}", file=sys.stderr)
     for failure in summary.stereo_dropped:
         print(f"stereo: {failure.describe()}", file=sys.stderr)
+    for warning in summary.unassigned:
+        print(f"warning: {warning.describe()} (--unassigned-stereo enumerate or refuse to change that)", file=sys.stderr)
     print(summary.line())
     return 0 if summary.succeeded else 1
 
 
 def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None) -> GenerateSummary:
+    set_threads(getattr(args, "threads", None))
     return generate(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
                     sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint,
-                    core=args.core)
+                    core=args.core, unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"))
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``evaluate`` (methods or a generated SDF against a reference set) to an argparse subparsers object."""
     p = subparsers.add_parser(
-        "evaluate", help="score generators side by side: ground state vs QM9 DFT, COV/AMR vs reference ensembles",
+        "evaluate", formatter_class=HelpFormatter, help="score generators side by side: ground state vs QM9 DFT, COV/AMR vs reference ensembles",
         description="qm9-dft: min heavy-atom RMSD to the QM9 DFT geometry (test split), -n conformers each. "
                     "geom-qm9 / geom-drugs / PATH.sdf: COV/AMR recall and precision with 2K conformers for K "
                     "references (locally built xTB-refined RDKit ensembles, not GEOM/CREST). Plus PoseBusters, "
@@ -117,22 +129,56 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("-n", "--num-conformers", type=int, default=None,
                    help="conformers per molecule (default: 5 for qm9-dft, 2K for ensembles)")
     p.add_argument("--limit", type=int, default=None, help="first N molecules of the reference set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--sampler", default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--batch-size", type=int, default=32, help="molecules per generator call")
+    p.add_argument("--sampler", default=None, help="scidiff sampler (model only; default: the model run's)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model only; default: the model run's)")
+    p.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
     p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff")
     p.add_argument("--no-posebusters", action="store_true", help="skip the PoseBusters checks")
     p.add_argument("--strain-steps", type=int, default=0, help="GFN2-xTB relaxation steps for strain (0: off; slow)")
     p.add_argument("--json", type=Path, default=None, help="write every result (per molecule too) here")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_threads_option(p)
     p.set_defaults(mol_run=run_evaluate)
     return p
 
 
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    """Every setting, input and output of ``evaluate``, refused before any work."""
+    check_int("-n/--num-conformers", args.num_conformers, 1, optional=True)
+    check_int("--limit", args.limit, 1, optional=True)
+    check_int("--batch-size", args.batch_size, 1)
+    check_int("--steps", args.steps, 1, optional=True)
+    check_int("--strain-steps", args.strain_steps, 0)
+    for path in args.generated:
+        if not path.is_file():
+            raise FileNotFoundError(f"--generated {path}: no such file")
+    if args.json:
+        check_output(args.json, "--json", inputs=[*args.generated, args.reference])
+
+
+def _with_progress(name: str, fn: GenerateFn, total: int, enabled: bool):
+    """``fn`` that advances a progress bar (stderr) by the molecules of each batch it finishes."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"evaluate {name}", unit="mol", disable=not enabled)
+
+    def generate_fn(mols, n, seed, **options):
+        out = fn(mols, n, seed, **options)
+        bar.update(len(mols))
+        return out
+
+    return generate_fn, bar
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate``: one result per method / file, a comparison table on stdout, optional JSON."""
+    _check_evaluate_args(args)
+    set_threads(args.threads)
     data = load_reference_set(args.reference, args.limit, args.smiles_column)
+    for failure in data["skipped"]:  # bad lines of the reference, each by its line, before the long part
+        print(f"skipped: {failure.describe()}", file=sys.stderr)
     if "references" in data:
         counts = [2 * ref.GetNumConformers() for ref in data["references"]] if args.num_conformers is None \
             else args.num_conformers
@@ -142,10 +188,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     runs = [(m, get_generator(m)) for m in args.method] + [(str(p), file_generator(p)) for p in args.generated]
     results = []
     for name, fn in runs:
-        results.append(evaluate_method(name, fn, data["inputs"], counts, seed=args.seed, dft=data.get("dft"),
-                                       references=data.get("references"), deltas=data["deltas"],
-                                       posebusters=not args.no_posebusters, strain_steps=args.strain_steps,
-                                       batch_size=args.batch_size, skipped=data["skipped"], **options))
+        fn, bar = _with_progress(name, fn, len(data["inputs"]), not args.no_progress)
+        with bar:
+            results.append(evaluate_method(name, fn, data["inputs"], counts, seed=args.seed, dft=data.get("dft"),
+                                           references=data.get("references"), deltas=data["deltas"],
+                                           posebusters=not args.no_posebusters, strain_steps=args.strain_steps,
+                                           batch_size=args.batch_size, skipped=data["skipped"], **options))
     for result in results[len(args.method):]:  # read from a file: generation speed was not measured
         result["summary"]["conf/s"] = result["summary"]["conf/cpu-s"] = float("nan")
     print(f"reference: {data['label']}; {len(data['inputs'])} molecules, {len(data['skipped'])} skipped")
@@ -173,6 +221,11 @@ def _items(sources: list[str], limit: int | None) -> list[tuple[str, str]]:
 
 
 def _run_build(args: argparse.Namespace) -> int:
+    for option, value in (("--conformers", args.conformers), ("--shard-size", args.shard_size)):
+        check_int(option, value, 1)
+    check_int("--limit", args.limit, 1, optional=True)
+    check_int("--processes", args.processes, 1, optional=True)
+    check_output(args.out, "--out", folder=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # per-molecule skips are logged as warnings
     if PAIRS in args.source:
         if args.source != [PAIRS] or args.no_mmff:

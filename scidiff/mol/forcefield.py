@@ -13,7 +13,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem, rdMolAlign
 from rdkit.Geometry import Point3D
 
-__all__ = ["RELAXATIONS", "HARTREE_TO_KCAL", "etkdg_embed", "etkdg_conformers", "core_match", "core_conformers",
+__all__ = ["RELAXATIONS", "HARTREE_TO_KCAL", "EMBEDDING_PROP", "etkdg_embed", "etkdg_conformers", "core_match", "core_conformers",
            "mmff_relax", "xtb_energy", "xtb_relax", "relax_conformers"]
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,12 @@ HARTREE_TO_KCAL = 627.509474
 BOHR_PER_ANGSTROM = 1.0 / 0.52917721092
 
 
-def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0, coord_map: dict[int, Point3D] | None = None) -> list[int]:
-    """Embed n ETKDGv3 conformers into mol in place (Riniker & Landrum 2015; Wang et al. 2020); returns their ids.
+EMBEDDING_PROP = "embedding"  # conformer property: which embedding path made it
+CAGE_MAX_ITERATIONS = 2000  # distance-geometry iterations per attempt of the strained-cage fallback
+CAGE_ROUNDS = 3  # fallback attempts, each for the conformers still missing, with fresh seeds
 
-    ``coord_map`` (atom -> position) keeps those atoms' distances to each other as given (RDKit's coordinate map)."""
+
+def _etkdg_params(seed: int, coord_map: dict[int, Point3D] | None) -> AllChem.EmbedParameters:
     params = AllChem.ETKDGv3()
     if coord_map:
         params.SetCoordMap(coord_map)
@@ -34,12 +36,77 @@ def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0, coord_map: dict[int, Point
     # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
     params.enableSequentialRandomSeeds = True
     params.numThreads = 1
+    return params
+
+
+def _label_embedding(mol: Chem.Mol, ids: list[int], path: str) -> None:
+    for i in ids:
+        mol.GetConformer(i).SetProp(EMBEDDING_PROP, path)
+
+
+def _embed_cages(mol: Chem.Mol, missing: int, seed: int, coord_map: dict[int, Point3D] | None) -> list[int]:
+    """Up to ``missing`` more conformers for a strained cage (bicyclo[1.1.0], fused 3- and 4-rings) that ETKDG cannot
+    embed: random-coordinate starts with ``CAGE_MAX_ITERATIONS`` and without RDKit's tetrahedral-volume check, which
+    rejects these centres' strongly distorted tetrahedra. Chirality still enters through the distance bounds, so each
+    conformer's stereo is re-perceived from 3D against the input's tags: a fully inverted one is mirrored, any other
+    wrong one dropped (and retried with new seeds, ``CAGE_ROUNDS`` attempts after a one-conformer probe that
+    gives up on a molecule no start can place). Conformers are added to mol."""
+    from .stereo import conformers_to_resample, fix_conformers, stereo_signature
+
+    reference = stereo_signature(mol)
+    kept: list[int] = []
+    for round_ in range(CAGE_ROUNDS + 1):
+        # Round 0 probes with one conformer: a molecule that cannot be placed at all costs one attempt, not n.
+        want = 1 if round_ == 0 else missing - len(kept)
+        if want <= 0:
+            break
+        work = Chem.Mol(mol)
+        work.RemoveAllConformers()
+        params = _etkdg_params(seed + 7919 * (round_ + 1), coord_map)
+        params.useRandomCoords = True
+        params.maxIterations = CAGE_MAX_ITERATIONS
+        params.enforceChirality = False
+        params.ignoreSmoothingFailures = True
+        if not list(AllChem.EmbedMultipleConfs(work, numConfs=want, params=params)):
+            if round_ == 0:
+                break
+            continue
+        bad = set(conformers_to_resample(fix_conformers(work, reference)))
+        for conf in work.GetConformers():
+            if conf.GetId() in bad:
+                continue
+            copy = Chem.Conformer(conf)
+            copy.SetId(max((c.GetId() for c in mol.GetConformers()), default=-1) + 1)
+            kept.append(mol.AddConformer(copy, assignId=False))
+    return kept
+
+
+def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0, coord_map: dict[int, Point3D] | None = None) -> list[int]:
+    """Embed n ETKDGv3 conformers into mol in place (Riniker & Landrum 2015; Wang et al. 2020); returns their ids.
+
+    ``coord_map`` (atom -> position) keeps those atoms' distances to each other as given (RDKit's coordinate map).
+    When ETKDG's eigenvalue embedding gives fewer than n, random-coordinate starts are tried; when those fall short
+    too (strained cages), the ``_embed_cages`` fallback fills the rest. Each conformer's ``embedding`` property
+    says which path made it: ``etkdg``, ``etkdg_random_coords`` or ``random_coords_cage``."""
+    params = _etkdg_params(seed, coord_map)
     with rdBase.BlockLogs():
         ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+        path = "etkdg"
         if len(ids) < n:  # random-coordinate starts rescue molecules where eigenvalue embedding fails
-            mol.RemoveAllConformers()
+            first = Chem.Mol(mol)
             params.useRandomCoords = True
-            ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+            retry = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
+            if len(retry) >= len(ids):
+                ids, path = retry, "etkdg_random_coords"
+            else:  # keep the eigenvalue embedding's conformers when it made more
+                mol.RemoveAllConformers()
+                for conf in first.GetConformers():
+                    mol.AddConformer(Chem.Conformer(conf), assignId=False)
+        _label_embedding(mol, ids, path)
+        if len(ids) < n:
+            cage = _embed_cages(mol, n - len(ids), seed, coord_map)
+            _label_embedding(mol, cage, "random_coords_cage")
+            ids += cage
     return ids
 
 

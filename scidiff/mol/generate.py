@@ -17,7 +17,6 @@ from typing import Iterator, Sequence
 
 import torch
 from rdkit import Chem
-from rdkit.Geometry import Point3D
 from torch import nn
 from torch_geometric.data import Batch, Data
 
@@ -79,7 +78,7 @@ def pack_batches(sizes: Sequence[int], max_atoms: int) -> list[list[int]]:
     return groups
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_coordinates(model: nn.Module, diffusion: Diffusion, sampler: SamplerSpec, graphs: Sequence[Data],
                        generator: torch.Generator, sources: Sequence[torch.Tensor] | None = None,
                        pinned: Sequence[Sequence[int]] | None = None) -> list[torch.Tensor]:
@@ -109,8 +108,7 @@ def sample_coordinates(model: nn.Module, diffusion: Diffusion, sampler: SamplerS
 def _set_positions(mol: Chem.Mol, xyz: torch.Tensor, conf_id: int | None = None) -> None:
     """Write (N, 3) coordinates into conformer ``conf_id``, or into a new 3D conformer when it is None."""
     conformer = Chem.Conformer(mol.GetNumAtoms()) if conf_id is None else mol.GetConformer(conf_id)
-    for atom, (x, y, z) in enumerate(xyz.tolist()):
-        conformer.SetAtomPosition(atom, Point3D(x, y, z))
+    conformer.SetPositions(xyz.double().numpy())  # one call, not one Point3D per atom
     if conf_id is None:
         conformer.Set3D(True)
         mol.AddConformer(conformer, assignId=True)

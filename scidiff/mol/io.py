@@ -22,7 +22,7 @@ import io
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -48,6 +48,9 @@ __all__ = [
     "read_inputs",
     "record_from_smiles",
     "record_from_mol",
+    "UNASSIGNED_STEREO",
+    "unassigned_stereo",
+    "resolve_unassigned",
     "check_output_path",
     "write_conformers",
     "read_conformers",
@@ -80,10 +83,21 @@ class InputRecord:
     failure: Failure | None = None
     line: int | None = None  # 1-based file line (the first line of an SDF record); None for a SMILES argument
     smiles: str | None = None  # the SMILES as written in the input, when there was one
+    unassigned_stereo: tuple[str, ...] = ()  # stereocentres / stereo bonds the input leaves open (``unassigned_stereo``)
+    flat: bool = False  # an SDF record whose coordinates are all zero: read as 2D, so it gives no 3D stereo
 
     @property
     def ok(self) -> bool:
         return self.mol is not None
+
+    def stereo_warning(self, consequence: str = "its conformers take any configuration there") -> Failure | None:
+        """What the input leaves open about stereo and what follows, as a Failure-shaped warning; None when nothing."""
+        if not self.unassigned_stereo:
+            return None
+        flat = " (all coordinates are zero: read as 2D, without 3D stereo)" if self.flat else ""
+        where = f"line {self.line}: " if self.line else ""
+        return Failure(self.name, f"{where}unassigned stereo at {', '.join(self.unassigned_stereo)}{flat}: "
+                                  f"{consequence}", self.index, self.line)
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,65 @@ def _failed(index: int, name: str, reason: str, line: int | None, smiles: str | 
     return InputRecord(index, name, None, Failure(name, reason, index, line), line, smiles)
 
 
+UNASSIGNED_STEREO = ("keep-any", "enumerate", "refuse")  # what to do with stereo an input leaves open
+
+
+def unassigned_stereo(mol: Chem.Mol) -> tuple[str, ...]:
+    """Stereocentres and stereo double bonds whose configuration ``mol`` does not give, e.g. ('atom 1 (C)',
+    'bond 3=4'), with 0-based atom indices as in RDKit: a generator would pick any configuration there."""
+    found = []
+    for info in Chem.FindPotentialStereo(mol):
+        if info.specified == Chem.StereoSpecified.Specified:
+            continue
+        if info.type == Chem.StereoType.Atom_Tetrahedral:
+            found.append(f"atom {info.centeredOn} ({mol.GetAtomWithIdx(info.centeredOn).GetSymbol()})")
+        elif info.type == Chem.StereoType.Bond_Double:
+            bond = mol.GetBondWithIdx(info.centeredOn)
+            found.append(f"bond {bond.GetBeginAtomIdx()}={bond.GetEndAtomIdx()}")
+        else:
+            found.append(f"{info.type.name} at {info.centeredOn}")
+    return tuple(found)
+
+
+def _with_stereo(record: InputRecord) -> InputRecord:
+    return record if record.mol is None else replace(record, unassigned_stereo=unassigned_stereo(record.mol))
+
+
+def resolve_unassigned(records: Iterable[InputRecord], policy: str = "keep-any") -> Iterator[InputRecord]:
+    """Apply ``policy`` to the stereo inputs leave open: 'keep-any' passes them on (each carries its
+    ``stereo_warning``), 'refuse' fails them, 'enumerate' replaces each by its stereoisomers (RDKit's
+    EnumerateStereoisomers over the open centres, at most 32), named NAME_stereoK, every record renumbered in order."""
+    if policy not in UNASSIGNED_STEREO:
+        raise ValueError(f"unassigned stereo (--unassigned-stereo) must be one of {', '.join(UNASSIGNED_STEREO)}, "
+                         f"got {policy!r}")
+    return _resolved(records, policy)
+
+
+def _resolved(records: Iterable[InputRecord], policy: str) -> Iterator[InputRecord]:
+    from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
+
+    index = 0
+    for record in records:
+        if not record.unassigned_stereo or policy == "keep-any":
+            yield replace(record, index=index) if policy == "enumerate" else record
+            index += 1
+            continue
+        if policy == "refuse":
+            yield replace(record, mol=None, failure=record.stereo_warning(
+                "refused (--unassigned-stereo refuse): give the configuration in the input"))
+            index += 1
+            continue
+        options = StereoEnumerationOptions(onlyUnassigned=True, unique=True, maxIsomers=32)
+        isomers = list(EnumerateStereoisomers(record.mol, options=options))
+        for k, isomer in enumerate(isomers, start=1):
+            Chem.AssignStereochemistry(isomer, cleanIt=True, force=True)
+            name = f"{record.name}_stereo{k}"
+            isomer.SetProp("_Name", name)
+            yield replace(record, index=index, name=name, mol=isomer, unassigned_stereo=unassigned_stereo(isomer),
+                          smiles=Chem.MolToSmiles(Chem.RemoveHs(isomer)))
+            index += 1
+
+
 def record_from_smiles(index: int, smiles: str, name: str | None, where: str, line: int | None) -> InputRecord:
     """The input record of one SMILES; a parse or validation failure becomes the record's failure, prefixed by ``where``."""
     label = name or smiles
@@ -140,7 +213,7 @@ def record_from_smiles(index: int, smiles: str, name: str | None, where: str, li
             mol = mol_from_smiles(smiles, name=label)
     except MoleculeError as exc:
         return _failed(index, label, f"{where}: {_parse_reason(exc.reason, smiles)}", line, smiles)
-    return InputRecord(index, label, mol, None, line, smiles)
+    return _with_stereo(InputRecord(index, label, mol, None, line, smiles))
 
 
 def record_from_mol(index: int, mol: Chem.Mol, where: str | None = None, line: int | None = None) -> InputRecord:
@@ -150,11 +223,16 @@ def record_from_mol(index: int, mol: Chem.Mol, where: str | None = None, line: i
     except UnicodeDecodeError:  # an SDF title line with bytes that are not UTF-8
         return _failed(index, f"mol{index}", f"{where or f'input {index}'}: the title line is not UTF-8 text", line)
     name = title or f"mol{index}"
+    # All-zero coordinates (a placeholder some tools write) say nothing about 3D stereo: read the record as 2D.
+    flat = mol.GetNumConformers() > 0 and not mol.GetConformer().GetPositions().any()
+    if flat:
+        mol = Chem.Mol(mol)
+        mol.RemoveAllConformers()
     try:
         prepared = prepare_mol(mol, name=name)
     except MoleculeError as exc:
         return _failed(index, name, f"{where or f'input {index}'}: {exc.reason}", line)
-    return InputRecord(index, name, prepared, None, line)
+    return _with_stereo(InputRecord(index, name, prepared, None, line, flat=flat))
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -366,44 +444,37 @@ class ConformerWriter:
             self.report.rejected.append(Failure(record.name, problem, record.index))
             return 0
         smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))  # canonical isomeric, without H
-        for conf in mol.GetConformers():
-            self._writer.write(self._sd_record(record, conf, smiles))
+        for number, conf in enumerate(mol.GetConformers()):
+            self._writer.write(self._sd_record(record, conf, smiles, number))
         self._writer.flush()
         self._handle.flush()
         self.report.conformers += mol.GetNumConformers()
         self.report.molecules += 1
         return mol.GetNumConformers()
 
-    def _sd_record(self, record: ConformerRecord, conf: Chem.Conformer, smiles: str) -> Chem.Mol:
+    def _sd_record(self, record: ConformerRecord, conf: Chem.Conformer, smiles: str, number: int) -> Chem.Mol:
+        """One SDF record; ``conf_id`` is the conformer's position (0..n-1), whatever ids dropping and resampling left."""
         out = Chem.Mol(record.mol, confId=conf.GetId())
         for key in list(out.GetPropNames()):
             out.ClearProp(key)
         out.SetProp("_Name", record.name)
         out.SetIntProp("input_index", record.index)
-        out.SetIntProp("conf_id", conf.GetId())
         out.SetProp("smiles", smiles)
         for key, value in conf.GetPropsAsDict(includePrivate=False, includeComputed=False).items():
             _set_prop(out, key, value)  # per-conformer values such as energy
+        out.SetIntProp("conf_id", number)  # after them: a conf_id read back from another file does not count
         for key, value in self.settings.items():
             _set_prop(out, key, value)
         return out
 
 
-def check_output_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
-    """The output SDF path, refused before any work when it cannot be right: another format's suffix, a folder, a
-    parent that is a file, or one of the inputs (which a run would overwrite)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"output {path} is a folder; give a file path such as {path / 'conformers.sdf'}")
-    if path.suffix.lower() not in (".sdf", ".sd"):
-        raise ValueError(f"output {path}: conformers are written as SDF; give a .sdf path (got {path.suffix or 'no suffix'!r})")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"output {path}: {parent} is a file, not a folder")
-    for source in inputs:
-        if isinstance(source, (str, Path)) and Path(source).is_file() and path.exists() and path.samefile(source):
-            raise ValueError(f"output {path} is the input file: the run would overwrite it; choose another -o")
-    return path
+def check_output_path(path: str | Path, inputs: Iterable[str | Path] = (), option: str = "output") -> Path:
+    """The output SDF path, refused before any work when it cannot be right (``scidiff.commands.check_output``):
+    another format's suffix, a folder, a parent that is a file or read-only, or one of the inputs."""
+    from scidiff.commands import check_output
+
+    return check_output(path, option, suffixes=(".sdf", ".sd"), written_as="conformers are written as SDF",
+                        inputs=inputs)
 
 
 def write_conformers(path: str | Path, records: Iterable[ConformerRecord], settings: Mapping[str, Any] | None = None) -> WriteReport:

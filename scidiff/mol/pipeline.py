@@ -21,10 +21,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from rdkit import Chem
 
+from scidiff.commands import check_int
+
 from .chem import Failure, bonds_from_3d_match, display_name
 from .forcefield import RELAXATIONS, core_conformers, core_match, etkdg_conformers, relax_conformers
 from .io import (ConformerRecord, ConformerWriter, InputRecord, WriteReport, check_output_path, iter_inputs,
-                 read_conformers, record_from_mol, record_from_smiles)
+                 read_conformers, record_from_mol, record_from_smiles, resolve_unassigned)
 from .stereo import conformers_to_resample, fix_conformers, remove_conformers
 
 __all__ = [
@@ -110,7 +112,7 @@ def _cached_model(checkpoint: str | None, device: str, bundled: str):
 
     try:
         return load_model(checkpoint or bundled_weights(bundled), device)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # missing, truncated or foreign weights: the whole run cannot go on
         raise GenerationUnavailable(str(err)) from None
 
 
@@ -146,7 +148,9 @@ def _model_generator(bundled: str) -> GenerateFn:
             return _label(generate_conformers(mols, model.net, model.diffusion, spec, n, seed), **made_by)
         seeds = _label(get_generator(model.seeds)(mols, n, seed, core=core), seed_method=model.seeds)
         unembedded = [i for i, mol in enumerate(seeds) if mol.GetNumConformers() == 0 and core is None]
-        if unembedded:  # ETKDG cannot embed some strained cages: the de novo model seeds those
+        # Strained cages get random-coordinate seeds inside etkdg_embed (conformer property ``embedding``); only a
+        # molecule that no embedding path can place at all is seeded by the de novo model, the last resort.
+        if unembedded:
             denovo = _label(scidiff_denovo_generator([mols[i] for i in unembedded], n, seed, device=device),
                             seed_method="scidiff_denovo")
             for i, mol in zip(unembedded, denovo):
@@ -313,29 +317,28 @@ def generate_outcomes(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str
                       method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0,
                       batch_size: int = 32, relax: str = "none", max_resample: int = 2,
                       smiles_column: str | None = None, id_column: str | None = None,
-                      **options: Any) -> Iterator[Outcome]:
+                      unassigned_stereo: str = "keep-any", **options: Any) -> Iterator[Outcome]:
     """The generation pipeline, one Outcome per input in input order (lazily, batch by batch; settings are checked
     at once).
 
     Deterministic per (seed, batch_size): batch b gets seed + index of its first molecule. ``options`` (sampler,
-    steps, device, checkpoint) go to the generator.
+    steps, device, checkpoint) go to the generator. ``unassigned_stereo`` (keep-any, enumerate, refuse): what to do
+    with stereo an input leaves open (``io.resolve_unassigned``).
     """
     check_settings(n, batch_size, max_resample, relax, options)
-    return _outcomes(generate_fn or get_generator(method), _records(inputs, smiles_column, id_column), n, seed,
-                     batch_size, relax, max_resample, options)
+    records = resolve_unassigned(_records(inputs, smiles_column, id_column), unassigned_stereo)
+    return _outcomes(generate_fn or get_generator(method), records, n, seed, batch_size, relax, max_resample, options)
 
 
 def check_settings(n: int, batch_size: int, max_resample: int, relax: str, options: dict[str, Any]) -> None:
     """Refuse an invalid setting before anything runs, naming it."""
     for name, value, low in (("n (-n/--num-conformers)", n, 1), ("batch_size (--batch-size)", batch_size, 1),
                              ("max_resample (--max-resample)", max_resample, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_int(name, value, low)
     if relax not in RELAXATIONS:
         raise ValueError(f"relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
     sampler, steps = options.get("sampler"), options.get("steps")
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise ValueError(f"steps (--steps) must be an integer >= 1, got {steps!r}")
+    check_int("steps (--steps)", steps, 1, optional=True)
     if sampler is not None:
         from scidiff.core.samplers import SAMPLERS
 
@@ -373,6 +376,8 @@ def generate_mols(inputs: str | Path | Iterable[Chem.Mol | str], n: int = 10, me
     for outcome in generate_outcomes(inputs, n, method, **options):
         if outcome.failure:
             log.warning("%s", outcome.failure.describe())
+        elif (warning := outcome.record.stereo_warning()) is not None:
+            log.warning("%s", warning.describe())
         out.append(outcome.mol)
     return out
 
@@ -386,6 +391,7 @@ class GenerateSummary:
     succeeded: int = 0
     failed: list[Failure] = field(default_factory=list)
     stereo_dropped: list[Failure] = field(default_factory=list)  # inputs written with fewer than n conformers
+    unassigned: list[Failure] = field(default_factory=list)  # inputs written with stereo the input left open
     written: WriteReport = field(default_factory=WriteReport)
 
     def line(self) -> str:
@@ -395,7 +401,7 @@ class GenerateSummary:
 def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output: str | Path, n: int = 10,
              method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32,
              relax: str = "none", max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
-             id_column: str | None = None, **options: Any) -> GenerateSummary:
+             id_column: str | None = None, unassigned_stereo: str = "keep-any", **options: Any) -> GenerateSummary:
     """Generate n conformers per input molecule and write them to an SDF; the Python face of ``scidiff mol generate``.
 
     Records are written as each batch finishes, so a crash keeps what was done; ``options`` and the other settings
@@ -403,10 +409,11 @@ def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output
     """
     output = check_output_path(output, [inputs] if isinstance(inputs, (str, Path)) else [])
     settings = {"method": method, "seed": seed, "relaxation": relax, "batch_size": batch_size,
+                **({} if unassigned_stereo == "keep-any" else {"unassigned_stereo": unassigned_stereo}),
                 **{k: v for k, v in options.items() if v is not None}}
     summary = GenerateSummary(output)
     outcomes = generate_outcomes(inputs, n, method, generate_fn, seed, batch_size, relax, max_resample,
-                                 smiles_column, id_column, **options)
+                                 smiles_column, id_column, unassigned_stereo, **options)
     from tqdm import tqdm
 
     with ConformerWriter(output, settings) as writer, tqdm(disable=not progress, unit="mol", desc="generate") as bar:
@@ -423,6 +430,8 @@ def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output
                 log.info("failed %s", outcome.failure.describe())
             elif writer.write(ConformerRecord(record.index, record.name, outcome.mol)):
                 summary.succeeded += 1
+                if (warning := record.stereo_warning()) is not None:
+                    summary.unassigned.append(warning)
             else:
                 summary.failed.append(writer.report.rejected[-1])
     summary.written = writer.report

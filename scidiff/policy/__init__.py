@@ -17,12 +17,12 @@ from .datasets import (
     window_table,
 )
 from .normalizer import MinMaxNormalizer, minmax_affine
-from .policy import CHI_PROCESS, OBJECTIVES, DiffusionPolicy, load_policy, save_policy
+from .policy import CHI_PROCESS, OBJECTIVES, DiffusionPolicy, load_policy, save_policy, shift_plan
 from .unet1d import ConditionalUnet1D, check_horizon
 
 __all__ = [
     "PUSHT_KEYPOINT_OBS", "PUSHT_STATE_OBS", "PolicyWindowDataset", "episode_split", "parse_obs_key",
     "split_datasets", "step_features", "window_rows", "window_table", "MinMaxNormalizer", "minmax_affine",
-    "CHI_PROCESS", "OBJECTIVES", "DiffusionPolicy", "load_policy", "save_policy", "ConditionalUnet1D",
+    "CHI_PROCESS", "OBJECTIVES", "DiffusionPolicy", "load_policy", "save_policy", "shift_plan", "ConditionalUnet1D",
     "check_horizon",
 ]

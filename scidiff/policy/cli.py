@@ -11,12 +11,17 @@ __all__ = ["BUNDLED_WEIGHTS", "add_commands", "run", "default_env", "video_fps",
 
 # Trained by `scidiff train experiment=pusht_keypoints` on the PushT human demonstrations (see README of the run).
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pusht_keypoints.safetensors"
+# A policy's batched chunk is a small network call: one thread is fastest unless told otherwise (43 ms vs 1,490 ms
+# with two threads for a PushT chunk on a busy 2-core machine).
+ROLLOUT_THREADS = 1
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the policy subcommands (`rollout`, `export`) to an argparse subparsers object."""
+    from scidiff.commands import HelpFormatter, add_threads_option
+
     p = subparsers.add_parser(
-        "rollout",
+        "rollout", formatter_class=HelpFormatter,
         help="roll out a policy checkpoint in vectorised envs and print its score",
         description="Receding-horizon rollouts (predict Tp actions, execute Ta; Chi et al. 2023). Episode i starts "
         "from seed SEED+i; PushT's score is the mean over episodes of the max reward (average max coverage).",
@@ -29,10 +34,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "keypoints adapter when gym-pusht is installed")
     p.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
     p.add_argument("--seed", type=int, default=100000, help="seed of episode 0 (default 100000, Chi et al.'s test seeds)")
-    p.add_argument("--sampler", default="ddim", help="core sampler: ddim, ddpm, dpmpp_2m, euler, heun (default ddim)")
-    p.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    p.add_argument("--sampler", default=None,
+                   help="core sampler: ddim, ddpm, dpmpp_2m, euler, heun, consistency (default: the policy's own, "
+                        "DDIM for a diffusion policy, one consistency call for a distilled student)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps; for a student's consistency sampler, network calls (default: 10 for DDIM, 1 "
+                        "for consistency)")
+    p.add_argument("--warm-start", type=float, default=None, metavar="T",
+                   help="start each chunk after an episode's first from the previous plan shifted by Ta, noised to "
+                        "process time T (e.g. 40 of the 100 VP steps), instead of from noise (SDEdit)")
     p.add_argument("--num-envs", type=int, default=10, help="envs stepped together (one batched prediction each)")
-    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the env's, 300 for PushT)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode step limit, >= 1 (default: the env's, 300 for PushT)")
     p.add_argument("--chi-initial-states", action="store_true",
                    help="gym-pusht only: start episode i from Chi et al.'s legacy initial state of seed SEED+i "
                         "(gym-pusht draws other initial states from the same seed)")
@@ -41,9 +53,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the JSON summary (with per-episode scores) here")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_option(p, cap=ROLLOUT_THREADS)
     p.set_defaults(policy_run=_run_rollout)
 
-    p = subparsers.add_parser("export", help="write a run's EMA policy as a slim save_policy file")
+    p = subparsers.add_parser("export", help="write a run's EMA policy as a slim save_policy file",
+                              formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="a policy run's model.safetensors")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors")
     p.add_argument("--note", default="", help="provenance note stored in the file, e.g. the training command")
@@ -74,19 +88,45 @@ def video_fps(env_id: str) -> float:
         env.close()
 
 
+def _check_rollout_args(args: argparse.Namespace) -> None:
+    """Every setting and output of a rollout, refused before the policy is loaded or an episode runs."""
+    from scidiff.commands import check_int, check_output
+    from scidiff.core.samplers import check_sampler
+
+    for option, value in (("--episodes", args.episodes), ("--num-envs", args.num_envs),
+                          ("--video-episodes", args.video_episodes)):
+        check_int(option, value, 1)
+    check_int("--max-steps", args.max_steps, 1, optional=True)
+    try:
+        check_sampler(args.sampler or "ddim", 10 if args.steps is None else args.steps)
+    except ValueError as err:
+        raise ValueError(f"--sampler/--steps: {err}") from None
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"no policy checkpoint at {args.checkpoint}")
+    if args.video:
+        check_output(args.video, "--video", suffixes=(".mp4", ".gif"), written_as="videos are written as MP4 or GIF",
+                     inputs=[args.checkpoint])
+    if args.json:
+        check_output(args.json, "--json", inputs=[args.checkpoint])
+    if args.video and args.json and args.video.absolute() == args.json.absolute():
+        raise ValueError(f"--video and --json are both {args.json}: give two paths")
+
+
 def _run_rollout(args: argparse.Namespace) -> int:
     """Roll out, print the summary line and optionally write the JSON and the video."""
-    from scidiff.core import SamplerSpec
+    from scidiff.commands import set_threads
+
+    _check_rollout_args(args)
+    set_threads(args.threads, cap=ROLLOUT_THREADS)
+    from scidiff.core.checkpoint import atomic_write
 
     from .policy import load_policy
     from .rollout import rollout, summarize
 
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"no policy checkpoint at {args.checkpoint}")
     policy = load_policy(args.checkpoint, device=args.device)
     # Files written before policies recorded their env fall back to the one matching the observation size.
     env_id = args.env or policy.env_id or default_env(policy.obs_dim)
-    sampler = SamplerSpec(args.sampler, args.steps)
+    sampler = policy.sampler_spec(args.sampler, args.steps, {})
     reset_options = None
     if args.chi_initial_states:
         if not env_id.startswith("gym_pusht/"):
@@ -97,20 +137,25 @@ def _run_rollout(args: argparse.Namespace) -> int:
     results, latencies, frames = rollout(
         policy, env_id, episodes=args.episodes, seed=args.seed, sampler=sampler,
         num_envs=args.num_envs, max_steps=args.max_steps, video_episodes=args.video_episodes if args.video else 0,
-        reset_options=reset_options, progress=not args.no_progress,
+        reset_options=reset_options, progress=not args.no_progress, warm_start=args.warm_start,
     )
+    regression = policy.objective == "regression"
     summary = summarize(results, latencies, checkpoint=str(args.checkpoint), env=env_id,
-                        sampler=sampler.name if policy.objective == "diffusion" else "regression",
-                        steps=sampler.steps if policy.objective == "diffusion" else 1, seed=args.seed,
+                        sampler="regression" if regression else sampler.name,
+                        steps=1 if regression else sampler.options.get("calls", sampler.steps),
+                        warm_start=args.warm_start, seed=args.seed,
                         num_envs=min(args.num_envs, args.episodes), chi_initial_states=args.chi_initial_states)
+    if args.video:
+        summary["video"] = str(args.video)
+    # The scores first: a video that fails to encode must not cost the rollout's results.
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
+    if args.json:
+        text = json.dumps(summary, indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     if args.video:
         from envs.video import tile_episodes, write_video
 
-        summary["video"] = str(write_video(tile_episodes(frames), args.video, fps=video_fps(env_id)))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_episode"}))
+        write_video(tile_episodes(frames), args.video, fps=video_fps(env_id))
     return 0
 
 
@@ -118,8 +163,12 @@ def _run_export(args: argparse.Namespace) -> int:
     """Load a run's EMA weights (checked strictly) and write them with its run config plus the source and a note."""
     from scidiff.core.checkpoint import load_inference
 
+    from scidiff.commands import check_output
+
     from .policy import load_policy, save_policy
 
+    check_output(args.out, "--out", suffixes=(".safetensors",), written_as="policies are written as safetensors",
+                 inputs=[args.checkpoint])
     policy = load_policy(args.checkpoint)
     run_config = {**load_inference(args.checkpoint)[1], "source": str(args.checkpoint), "note": args.note}
     print(f"wrote {save_policy(policy, args.out, run_config=run_config)}")

@@ -7,7 +7,10 @@ one safetensors file in the core's inference format (weights + JSON config in th
 policy trained by ``scidiff train`` also records the Gymnasium id of its env (``env_id``), which rollouts default to.
 
 ``objective="regression"`` turns the same network into the direct-regression baseline: one forward pass with a
-fixed zero input and time, trained by MSE on the normalised action chunk.
+fixed zero input and time, trained by MSE on the normalised action chunk. ``objective="consistency"`` is a student
+distilled from a diffusion teacher (``attach_teacher``) by the core's consistency distillation on the teacher's
+DDIM grid of ``distill_steps`` times (every ``distill_stride``-th of them learned by the student); it acts with 1 or
+2 network calls per chunk (Prasad et al. 2024).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from scidiff.core.checkpoint import check_task, load_inference, save_inference
 from .normalizer import MinMaxNormalizer
 from .unet1d import ConditionalUnet1D
 
-__all__ = ["OBJECTIVES", "CHI_PROCESS", "POLICY_CONFIG_KEY", "DiffusionPolicy", "save_policy", "load_policy"]
+__all__ = ["OBJECTIVES", "CHI_PROCESS", "POLICY_CONFIG_KEY", "DiffusionPolicy", "shift_plan", "save_policy",
+           "load_policy"]
 
-OBJECTIVES = ("diffusion", "regression")
+OBJECTIVES = ("diffusion", "regression", "consistency")
 # Key of the policy's construction arguments inside a training run's config (the trainer's model.safetensors).
 POLICY_CONFIG_KEY = "policy_config"
 # Chi et al. (2023): 100 training steps, squaredcos_cap_v2 (cosine) schedule, epsilon prediction. Same schema as
@@ -57,6 +61,8 @@ class DiffusionPolicy(nn.Module):
         process: dict[str, Any] | None = None,
         clip_sample: float | None = 1.0,
         env_id: str | None = None,
+        distill_steps: int = 10,
+        distill_stride: int = 1,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -74,10 +80,13 @@ class DiffusionPolicy(nn.Module):
             n_groups=int(n_groups), step_embed_dim=int(step_embed_dim), objective=objective,
             process=dict(CHI_PROCESS if process is None else process),
             clip_sample=None if clip_sample is None else float(clip_sample), env_id=env_id,
+            distill_steps=int(distill_steps), distill_stride=int(distill_stride),
         )
         self.obs_dim, self.action_dim, self.horizon = obs_dim, action_dim, horizon
         self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
         self.objective, self.clip_sample, self.env_id = objective, clip_sample, env_id
+        self.distill_steps, self.distill_stride = int(distill_steps), int(distill_stride)
+        self._teacher: tuple[DiffusionPolicy, ...] = ()  # a tuple, so the teacher is neither a submodule nor saved
         self.diffusion = build_diffusion(self._config["process"])
         self.process = self.diffusion.process
 
@@ -119,6 +128,20 @@ class DiffusionPolicy(nn.Module):
         x = cond.new_zeros(cond.shape[0], self.horizon, self.action_dim)
         return self.unet(x, cond.new_zeros(cond.shape[0]), global_cond=cond)
 
+    def attach_teacher(self, teacher: "DiffusionPolicy") -> "DiffusionPolicy":
+        """Set the frozen diffusion policy a consistency student is distilled from (not part of its weights)."""
+        if self.objective != "consistency" or teacher.objective != "diffusion":
+            raise ValueError("attach_teacher: a 'consistency' student distils a 'diffusion' teacher, got "
+                             f"{self.objective!r} from {teacher.objective!r}")
+        self._teacher = (teacher.eval().requires_grad_(False),)
+        return self
+
+    def default_sampler(self) -> SamplerSpec:
+        """How this policy acts unless told otherwise: one consistency call for a student, DDIM-10 for a teacher."""
+        if self.objective == "consistency":
+            return SamplerSpec("consistency", self.distill_steps, {"calls": 1})
+        return SamplerSpec("ddim", 10)
+
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """Scalar training loss on a batch {"obs": (B, >=To, obs_dim), "action": (B, Tp, action_dim)}."""
         if batch["action"].ndim != 3 or batch["action"].shape[1:] != (self.horizon, self.action_dim):
@@ -130,20 +153,46 @@ class DiffusionPolicy(nn.Module):
         action = self.action_normalizer(batch["action"])
         if self.objective == "regression":
             return nn.functional.mse_loss(self._regress(cond), action)
+        if self.objective == "consistency":
+            if not self._teacher:
+                raise ValueError("a consistency policy trains against a teacher: call attach_teacher first")
+            teacher = self._teacher[0].to(action.device)
+            teach = teacher.diffusion.denoiser(teacher._network(teacher._condition(batch["obs"])), clip=teacher.clip_sample)
+            return self.diffusion.consistency_loss(self._network(cond), teach, action, self.distill_steps,
+                                                   stride=self.distill_stride, generator=generator)
         return self.diffusion.loss(self._network(cond), action, generator=generator)
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """The training loss (so that DistributedDataParallel, which hooks forward, wraps the policy)."""
         return self.compute_loss(batch, generator)
 
+    def sampler_spec(self, sampler: SamplerSpec | str | None, steps: int | None, options: dict[str, Any]) -> SamplerSpec:
+        """The SamplerSpec predict_action runs for these arguments; a student's "consistency" steps are its network calls."""
+        default = self.default_sampler()
+        if isinstance(sampler, SamplerSpec):
+            spec = sampler
+        else:
+            name = default.name if sampler is None else sampler
+            if steps is None and name == default.name:
+                return SamplerSpec(default.name, default.steps, {**default.options, **options})
+            spec = SamplerSpec(name, 10 if steps is None else steps, options)
+        if self.objective == "consistency" and spec.name == "consistency" and "calls" not in spec.options:
+            spec = SamplerSpec("consistency", self.distill_steps, {"calls": spec.steps})
+        return spec
+
     @torch.no_grad()
     def predict_action(
-        self, obs_history: Tensor, sampler: SamplerSpec | str = "ddim", steps: int = 10,
-        generator: torch.Generator | None = None, **sampler_options: Any,
+        self, obs_history: Tensor, sampler: SamplerSpec | str | None = None, steps: int | None = None,
+        generator: torch.Generator | None = None, warm_start: Tensor | None = None, t_start: float | None = None,
+        **sampler_options: Any,
     ) -> dict[str, Tensor]:
         """Predict Tp actions from (B, To, obs_dim) observations; "action" holds the Ta to execute, To-1 .. To+Ta-2 (Chi et al. 2023).
 
-        ``sampler`` is a SamplerSpec, or a sampler name that ``steps`` and ``sampler_options`` complete.
+        ``sampler`` is a SamplerSpec, or a sampler name that ``steps`` and ``sampler_options`` complete (default:
+        ``default_sampler()``). For a consistency student, "consistency" with N steps means N network calls on the
+        grid it was distilled on. ``warm_start`` (B, Tp, action_dim), e.g. the previous plan shifted by Ta
+        (``shift_plan``), is noised to process time ``t_start`` and denoised from there (SDEdit, Meng et al. 2022)
+        instead of sampling from pure noise.
         """
         if obs_history.ndim != 3 or obs_history.shape[1] != self.n_obs_steps:
             raise ValueError(
@@ -154,14 +203,23 @@ class DiffusionPolicy(nn.Module):
         if self.objective == "regression":
             naction = self._regress(cond)
         else:
-            if isinstance(sampler, str):
-                sampler = SamplerSpec(sampler, steps, sampler_options)
+            sampler = self.sampler_spec(sampler, steps, sampler_options)
             shape = (cond.shape[0], self.horizon, self.action_dim)
+            start = {}
+            if warm_start is not None:
+                start = {"x_start": self.action_normalizer(warm_start.to(cond.device, cond.dtype)), "t_start": t_start}
             naction = self.diffusion.sample(self._network(cond), shape, sampler, clip=self.clip_sample,
-                                            generator=generator, device=cond.device, dtype=cond.dtype).x
+                                            generator=generator, device=cond.device, dtype=cond.dtype, **start).x
         action_pred = self.action_normalizer.unnormalize(naction)
         start = self.n_obs_steps - 1
         return {"action_pred": action_pred, "action": action_pred[:, start : start + self.n_action_steps]}
+
+
+def shift_plan(action_pred: Tensor, n_action_steps: int) -> Tensor:
+    """The previous plan moved on by the Ta executed steps, its last action repeated at the end: the next chunk's
+    warm start."""
+    tail = action_pred[:, -1:].expand(-1, n_action_steps, -1)
+    return torch.cat([action_pred[:, n_action_steps:], tail], dim=1)
 
 
 def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, run_config: dict[str, Any] | None = None) -> Path:

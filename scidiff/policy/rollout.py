@@ -22,6 +22,8 @@ import torch
 
 from scidiff.core import SamplerSpec
 
+from .policy import shift_plan
+
 __all__ = [
     "EpisodeResult",
     "gym_pusht_keypoint_obs",
@@ -118,12 +120,14 @@ def rollout(
     progress: bool = True,
     generator_seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
+    warm_start: float | None = None,
 ) -> tuple[list[EpisodeResult], list[float], list[list[np.ndarray]]]:
     """Run `episodes` receding-horizon episodes (To obs -> Tp actions, execute Ta; Chi et al. 2023).
 
     `sampler` is a SamplerSpec, or a sampler name run for `steps` steps. Returns per-episode results, per-chunk
     latencies in seconds (one batched predict_action call each), and the RGB frames of the first `video_episodes`
-    episodes. `env_kwargs` go to gym.make (e.g. goal_radius).
+    episodes. `env_kwargs` go to gym.make (e.g. goal_radius). With `warm_start` (a process time), every chunk after
+    an episode's first starts from the previous plan shifted by Ta, noised to that time (SDEdit), not from noise.
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
@@ -148,7 +152,7 @@ def rollout(
                 ids = list(range(first, min(first + num_envs, episodes)))
                 wave = _run_wave(policy, vec, [seed + i for i in ids], limit, sampler, steps, generator,
                                  record=[i < video_episodes for i in ids], reset_options=reset_options,
-                                 latencies=latencies, bar=bar)
+                                 latencies=latencies, bar=bar, warm_start=warm_start)
                 results += wave[0]
                 frames += [f for f, i in zip(wave[1], ids) if i < video_episodes]
     finally:
@@ -190,7 +194,7 @@ class _Tally:
 
 def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpec | str, steps: int, generator,
               record: list[bool], reset_options, latencies: list[float],
-              bar) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
+              bar, warm_start: float | None = None) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
     n = vec.num_envs
     all_seeds = [int(s) for s in seeds] + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
@@ -205,10 +209,15 @@ def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpe
     filming = [j for j, keep in enumerate(record) if keep]
     frames: list[list[np.ndarray]] = [[vec.envs[j].render()] if j in filming else [] for j in range(len(seeds))]
     device = next(policy.parameters()).device
+    plan = None
     while tally.running.any():
         start = time.perf_counter()
-        chunk = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
-                                      generator=generator)["action"].cpu().numpy().astype(np.float64)
+        warm = {} if warm_start is None or plan is None else \
+            {"warm_start": shift_plan(plan, policy.n_action_steps), "t_start": warm_start}
+        out = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
+                                    generator=generator, **warm)
+        plan = out.get("action_pred")
+        chunk = out["action"].cpu().numpy().astype(np.float64)
         latencies.append(time.perf_counter() - start)
         for k in range(chunk.shape[1]):
             filmed = [j for j in filming if tally.running[j]]
@@ -223,13 +232,15 @@ def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpe
 
 
 def summarize(results: Sequence[EpisodeResult], latencies: Sequence[float], **fields: Any) -> dict[str, Any]:
-    """JSON summary: episodes, avg_max_coverage (PushT; Chi et al.'s metric), avg_max_reward, success_rate, latency."""
+    """JSON summary: episodes, avg_max_coverage (PushT; Chi et al.'s metric), avg_max_reward, success_rate (also as
+    LeRobot's pc_success, in %), latency."""
     rewards = np.array([r.max_reward for r in results])
     summary: dict[str, Any] = {
         **fields,
         "episodes": len(results),
         "avg_max_reward": float(rewards.mean()),
         "success_rate": float(np.mean([r.success for r in results])),
+        "pc_success": 100.0 * float(np.mean([r.success for r in results])),
         "mean_chunk_latency_ms": 1000.0 * float(np.mean(latencies)) if latencies else None,
         "chunks": len(latencies),
     }

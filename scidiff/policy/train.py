@@ -16,11 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
-from .policy import POLICY_CONFIG_KEY, DiffusionPolicy
+from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
 __all__ = ["load_buffer", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample")
+# objective=consistency: the diffusion policy file, its DDIM grid and the student's stride along it
+_DISTILL_FIELDS = ("teacher", "distill_steps", "distill_stride")
 
 
 def _buffer_keys(obs_keys: list[str], action_key: str) -> list[str]:
@@ -65,11 +67,38 @@ def trained_env(cfg: dict[str, Any]) -> str | None:
 def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int) -> DiffusionPolicy:
     """A DiffusionPolicy from the ``policy``, ``model`` (U-Net widths) and ``process`` sections, with its env."""
     section = cfg["policy"]
-    unknown = sorted(set(section) - set(_POLICY_FIELDS) - {"eval"})
+    unknown = sorted(set(section) - set(_POLICY_FIELDS) - set(_DISTILL_FIELDS) - {"eval"})
     if unknown:
-        raise ValueError(f"policy: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_POLICY_FIELDS)}, eval")
+        raise ValueError(f"policy: unknown field(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(_POLICY_FIELDS + _DISTILL_FIELDS)}, eval")
+    if section.get("objective") == "consistency":
+        student = distillation_student(section)
+        if (student.obs_dim, student.action_dim) != (obs_dim, action_dim):
+            raise ValueError(f"policy.teacher observes {student.obs_dim}-d and acts {student.action_dim}-d, the data "
+                             f"gives {obs_dim}-d observations (data.obs_keys) and {action_dim}-d actions")
+        return student
     return DiffusionPolicy(obs_dim, action_dim, **{k: section[k] for k in _POLICY_FIELDS if k in section},
                            **cfg["model"], process=cfg["process"], env_id=trained_env(cfg))
+
+
+def distillation_student(section: dict[str, Any]) -> DiffusionPolicy:
+    """A consistency student initialised as a copy of ``policy.teacher`` (weights, normalisers, architecture, env),
+    with the teacher attached; the windowing fields of ``section`` must agree with the teacher's."""
+    path = section.get("teacher")
+    if not path:
+        raise ValueError("policy.teacher: objective=consistency distils a trained diffusion policy; give its file")
+    if not Path(str(path)).is_file():
+        raise FileNotFoundError(f"policy.teacher: no file at {path}")
+    teacher = load_policy(path)
+    config = teacher.config()
+    for key in ("horizon", "n_obs_steps", "n_action_steps"):
+        if key in section and int(section[key]) != config[key]:
+            raise ValueError(f"policy.{key}={section[key]} differs from the teacher's {config[key]} ({path})")
+    config.update(objective="consistency", distill_steps=int(section.get("distill_steps", 10)),
+                  distill_stride=int(section.get("distill_stride", 1)))
+    student = DiffusionPolicy(**config)
+    student.load_state_dict(teacher.state_dict())
+    return student.attach_teacher(teacher)
 
 
 @torch.no_grad()
@@ -129,8 +158,9 @@ def train_from_config(cfg: dict[str, Any]):
         seed=int(data.get("split_seed", 42)),
     )
     policy = build_policy(cfg, train_set.obs_dim, train_set.action_dim)
-    rows = train_set.episode_rows()  # fitted on training episodes only: validation stays unseen
-    policy.fit_normalizers(train_set.obs[rows], train_set.action[rows])
+    if policy.objective != "consistency":  # a student keeps its teacher's normalisers
+        rows = train_set.episode_rows()  # fitted on training episodes only: validation stays unseen
+        policy.fit_normalizers(train_set.obs[rows], train_set.action[rows])
 
     def loss_fn(net: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
         return net(batch, generator)  # forward == compute_loss, so a DDP wrapper syncs gradients

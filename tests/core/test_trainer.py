@@ -236,3 +236,80 @@ def test_rank_shares_cover_uneven_batches():
     plan = lambda epoch: [[0, 1, 2, 3, 4], [5, 6, 7]]  # noqa: E731 (node-balanced batches vary in size)
     shares = [list(zip(range(2), _StepBatches(plan, 0, DistInfo(rank, 2)))) for rank in range(2)]
     assert [s for _, s in shares[0]] == [[0, 2, 4], [5, 7]] and [s for _, s in shares[1]] == [[1, 3], [6]]
+
+
+def test_resume_refuses_other_settings_and_allows_longer_runs(tmp_path):
+    """One check per resume: a changed model or process is refused by name before anything is loaded or written."""
+    data, loss_fn = _toy_setup()
+    run = {"model": {"hidden": 32, "depth": 2}, "process": {"name": "edm"}}
+    train(MLPDenoiser(hidden=32, depth=2), data, loss_fn, _config(tmp_path, "r", max_steps=10), run_config=run)
+    folder = tmp_path / "r"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    other = {"model": {"hidden": 16, "depth": 2}, "process": {"name": "flow"}}
+    with pytest.raises(ValueError, match=r"model\.hidden: 32 -> 16; process\.name: 'edm' -> 'flow'.*trainer\.resume=false"):
+        train(MLPDenoiser(hidden=16, depth=2), data, loss_fn, _config(tmp_path, "r", max_steps=20), run_config=other)
+    with pytest.raises(ValueError, match=r"trainer\.max_steps=5 is below step 10"):
+        train(MLPDenoiser(hidden=32, depth=2), data, loss_fn, _config(tmp_path, "r", max_steps=5), run_config=run)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    # more steps, other logging and checkpoint frequencies: the same run, continued
+    result = train(MLPDenoiser(hidden=32, depth=2), data, loss_fn,
+                   _config(tmp_path, "r", max_steps=20, log_every=2, checkpoint_every=4), run_config=run)
+    assert result.step == 20
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from scidiff.core import checkpoint
+
+    data, loss_fn = _toy_setup()
+    train(MLPDenoiser(hidden=16, depth=1), data, loss_fn, _config(tmp_path, "disk", max_steps=10))
+    folder = tmp_path / "disk" / "checkpoints"
+    before = (folder / "last.pt").read_bytes()
+
+    def full_disk(state, path):  # what torch's zip writer does when the disk fills: a short file, then an error
+        Path(path).write_bytes(b"PK\x03\x04" + b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 1004 vs 48213")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"no space left on the disk to write .*last\.pt \(.* MiB free in .*\); the previous "
+                                      r"last\.pt is intact"):
+        train(MLPDenoiser(hidden=16, depth=1), data, loss_fn, _config(tmp_path, "disk", max_steps=20))
+    assert (folder / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]
+
+    def enospc(state, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", enospc)
+    with pytest.raises(OSError, match="no space left on the disk"):
+        checkpoint.save_training_state(folder / "last.pt", {"step": 1})
+    assert (folder / "last.pt").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["last.pt"]
+
+
+def test_temporary_files_of_killed_writes_are_removed_when_the_next_run_starts(tmp_path):
+    data, loss_fn = _toy_setup()
+    folder = tmp_path / "stale" / "checkpoints"
+    folder.mkdir(parents=True)
+    stale = [folder / ".last.pt.k1lled.tmp", tmp_path / "stale" / ".model.safetensors.abc123.tmp.safetensors"]
+    for path in stale:
+        path.write_bytes(b"\0" * 4096)
+    keep = folder / "notes.tmp.txt"  # not a temporary file of a checkpoint
+    keep.write_text("mine")
+    train(MLPDenoiser(hidden=16, depth=1), data, loss_fn, _config(tmp_path, "stale", max_steps=5))
+    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", b"not a checkpoint at all\n" * 10])
+def test_truncated_or_foreign_checkpoints_name_the_file(tmp_path, content):
+    from scidiff.core.checkpoint import load_training_state
+
+    good = tmp_path / "good.pt"
+    torch.save({"step": 3, "w": torch.zeros(1000)}, good)
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(content or good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(ValueError, match=r"last\.pt: not a readable training checkpoint \(expected a torch\.save archive"):
+        load_training_state(bad)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(content or b"\xff" * 64)
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file \(expected scidiff weights"):
+        load_inference(weights)

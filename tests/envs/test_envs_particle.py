@@ -85,6 +85,18 @@ def test_invalid_action_raises(bad):
     np.testing.assert_array_equal(env.step([0.5, 0.5])[0], untouched.step([0.5, 0.5])[0])
 
 
+def test_far_off_targets_are_clipped_to_the_unit_square():
+    env, clipped = ParticleEnv(), ParticleEnv()
+    env.reset(seed=1)
+    clipped.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        action = rng.choice([-1e9, -3.0, 1e9, 3.0, 0.5], size=2)
+        obs = env.step(action)[0]
+        assert env.observation_space.contains(obs), action
+        np.testing.assert_array_equal(obs, clipped.step(np.clip(action, 0.0, 1.0))[0])
+
+
 def test_expert_registry():
     assert isinstance(make_expert("scidiff/Particle-v0", seed=0), ParticleExpert)
     with pytest.raises(ValueError, match="no scripted expert"):

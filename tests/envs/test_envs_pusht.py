@@ -66,6 +66,22 @@ def test_invalid_action_raises_without_touching_the_physics(bad):
     np.testing.assert_array_equal(np.array(env.agent.velocity), before[1])
 
 
+@pytest.mark.parametrize("obs_type", ["state", "keypoints"])
+def test_far_off_targets_are_clipped_so_the_agent_stays_in_the_workspace(obs_type):
+    """Targets like 1e9 px once flung the agent to 3e8 px; 600 px drove it through the wall."""
+    env, clipped = PushTEnv(obs_type=obs_type), PushTEnv(obs_type=obs_type)
+    env.reset(seed=3)
+    clipped.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        action = rng.choice([-1e9, -600.0, 1e9, 600.0, 256.0], size=2)
+        obs = env.step(action)[0]
+        assert env.observation_space.contains(obs), action
+        assert np.all((0.0 <= env.state[:2]) & (env.state[:2] <= 512.0))
+        # exactly the step of the nearest target inside the action space
+        np.testing.assert_array_equal(obs, clipped.step(np.clip(action, 0.0, 512.0))[0])
+
+
 def test_reset_to_state_sets_the_exact_pose_angle_first():
     state = [100.0, 420.0, 300.0, 200.0, 1.0]
     obs, info = PushTEnv().reset(options={"reset_to_state": state})

@@ -131,3 +131,42 @@ def test_graph_preservation_re_perceives_bonds_from_3d():
     # local geometry against a "DFT" that is the conformer itself: zero errors
     exact = local_geometry_errors([generated[1]], [generated[1]])
     assert exact["bond_median_A"] == pytest.approx(0.0, abs=1e-9) and exact["angle_median_deg"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluate_method_counts_inputs_short_of_n_and_names_each_seed_path():
+    """``all_n_rate`` is the fraction of inputs that got every conformer asked for; a generator that returns fewer
+    for one input and none for another is scored 1/3, the short one is listed, and PoseBusters (without its
+    energy check) runs on the first molecules only when limited."""
+
+    def partial(mols, n, seed=0, **_):
+        out = etkdg_generator(mols, n, seed)
+        out[1].RemoveConformer(out[1].GetConformers()[0].GetId())  # one short
+        out[2].RemoveAllConformers()  # none
+        return out
+
+    inputs = [mol_from_smiles(s, name) for s, name in (("CCO", "a"), ("CCN", "b"), ("CCC", "c"))]
+    pb = pytest.importorskip("posebusters", reason="posebusters not installed") is not None
+    result = evaluate_method("partial", partial, inputs, 2, seed=0, posebusters=pb, posebusters_limit=1,
+                             posebusters_energy=False)
+    assert result["all_n_rate"] == pytest.approx(1 / 3) and result["short"] == ["b: 1/2"] and result["no_output"] == ["c"]
+    assert result["embedding_paths"] == {"etkdg": 3}
+    assert result["summary"]["all n"] == pytest.approx(1 / 3)
+    assert result["posebusters"]["n_molecules"] == 1 and result["posebusters"]["n_conformers"] == 2
+    assert not result["posebusters"]["energy_check"] and "internal_energy" not in result["posebusters"]["per_check"]
+
+
+@pytest.mark.parametrize("deltas, headline", [("DRUGS", "0.75"), ("QM9", "0.5")])
+def test_the_table_headlines_coverage_at_the_standard_delta(deltas, headline):
+    """0.75 Å for GEOM-DRUGS, 0.5 Å for QM9 (molecules.md), although the DRUGS sweep also holds 0.5 Å."""
+    from scidiff.mol import evaluate
+
+    sweep = getattr(evaluate, f"DELTAS_{deltas}")
+    stat = {"mean": 0.5, "median": 0.5, "n": 1}
+    coverage = {"deltas": list(sweep), "cov_r": {str(d): stat for d in sweep}, "cov_p": {str(d): stat for d in sweep},
+                "amr_r": stat, "amr_p": stat}
+    result = {"method": "m", "n_molecules": 1, "conformers": 2, "no_output": [], "all_n_rate": 1.0,
+              "coverage": coverage, "stereo": {"conformer_rate": 1.0}, "graph": {"conformer_rate": 1.0},
+              "conformers_per_s": 1.0, "conformers_per_cpu_s": 1.0}
+    row = evaluate._summary(result)
+    assert f"COV-R@{headline} mean/med" in row and f"COV-P@{headline} mean/med" in row
+    assert sum(key.startswith("COV-R@") for key in row) == 1

@@ -152,3 +152,50 @@ def test_read_qm9_without_data_names_the_expected_path(monkeypatch, tmp_path):
         read_qm9("test")
     with pytest.raises(ValueError, match="split must be one of train, test"):
         read_qm9("valid")
+
+
+def test_written_conf_ids_count_0_to_n_minus_1_whatever_ids_resampling_left(tmp_path):
+    record = generated("N[C@@H](C)C(=O)O", "L-alanine", 0)
+    mol = Chem.Mol(record.mol)
+    confs = [Chem.Conformer(c) for c in mol.GetConformers()]
+    mol.RemoveAllConformers()
+    for new_id, conf in zip((0, 3, 7), confs + confs):  # ids after dropping 1, 2 and resampling two more
+        conf.SetId(new_id)
+        mol.AddConformer(conf, assignId=False)
+    path = tmp_path / "ids.sdf"
+    write_conformers(path, [ConformerRecord(0, "L-alanine", mol)])
+    assert [r.GetIntProp("conf_id") for r in Chem.SDMolSupplier(str(path), removeHs=False)] == [0, 1, 2]
+
+
+def test_unassigned_stereo_is_named_per_molecule_and_the_user_chooses(tmp_path):
+    from scidiff.mol.io import resolve_unassigned
+
+    source = tmp_path / "s.smi"
+    source.write_text("CC(N)C(=O)O ala\nN[C@@H](C)C(=O)O l-ala\nCC=CC(Cl)F both\n")
+    records = read_inputs(source)
+    assert [r.unassigned_stereo for r in records] == [("atom 1 (C)",), (), ("atom 3 (C)", "bond 1=2")]
+    assert records[0].stereo_warning().describe() == \
+        "input 0 (ala): line 1: unassigned stereo at atom 1 (C): its conformers take any configuration there"
+    refused = list(resolve_unassigned(records, "refuse"))
+    assert [r.ok for r in refused] == [False, True, False]
+    assert "line 3: unassigned stereo at atom 3 (C), bond 1=2: refused" in refused[2].failure.reason
+    enumerated = list(resolve_unassigned(records, "enumerate"))
+    assert [r.name for r in enumerated] == ["ala_stereo1", "ala_stereo2", "l-ala"] + [f"both_stereo{k}" for k in (1, 2, 3, 4)]
+    assert [r.index for r in enumerated] == list(range(7)) and not any(r.unassigned_stereo for r in enumerated)
+    assert len({r.smiles for r in enumerated}) == 7
+    with pytest.raises(ValueError, match="--unassigned-stereo"):
+        resolve_unassigned(records, "guess")
+
+
+def test_an_sdf_with_all_zero_coordinates_is_read_as_2d_and_says_so(tmp_path):
+    mol = etkdg_conformers(mol_from_smiles("N[C@@H](C)C(=O)O"), 1, 0)
+    conf = mol.GetConformer()
+    for i in range(mol.GetNumAtoms()):
+        conf.SetAtomPosition(i, (0.0, 0.0, 0.0))
+    mol.SetProp("_Name", "flat")
+    path = tmp_path / "flat.sdf"
+    with Chem.SDWriter(str(path)) as writer:
+        writer.write(mol)
+    (record,) = read_inputs(path)
+    assert record.ok and record.flat and record.mol.GetNumConformers() == 0
+    assert "unassigned stereo at atom 1 (C) (all coordinates are zero: read as 2D" in record.stereo_warning().reason

@@ -161,7 +161,7 @@ def test_output_paths_that_would_lose_files_are_refused(tmp_path, capsys):
     assert scidiff_main(["mol", "generate", str(source), "-o", str(precious), "--no-progress"]) == 1
     assert precious.read_text() == "keep me\n" and not list(tmp_path.glob("*.partial"))
     for target, message in ((source, "conformers are written as SDF"), (tmp_path, "is a folder"),
-                            (tmp_path / "out.mol2", "give a .sdf path"), (precious / "x.sdf", "is a file, not a folder")):
+                            (tmp_path / "out.mol2", "give a .sdf or .sd path"), (precious / "x.sdf", "is a file, not a folder")):
         assert scidiff_main(["mol", "generate", "CCO", "-o", str(target), "--no-progress"]) == 2
         assert message in capsys.readouterr().err
     same = tmp_path / "in.sdf"

@@ -129,3 +129,33 @@ def test_written_conformers_keep_their_bonds_even_for_strained_cages(tmp_path):
     [mol] = generate_mols([STRAINED], n=4, method="scidiff", seed=0)
     assert mol.GetNumConformers() >= 1
     assert all(bonds_from_3d_match(mol, c.GetId()) for c in mol.GetConformers())
+
+
+CAGE = "N#C[C@]12CC[C@H]1O2"  # gdb_3120 of the QM9 DFT test split: ETKDG gave it no conformer before the cage fallback
+
+
+def test_a_strained_cage_etkdg_cannot_embed_gets_stereo_correct_seeds_from_random_coordinates(one_thread):
+    """ETKDGv3 (eigenvalue and random-coordinate starts) fails on this bicyclo[2.1.0]-like cage; the fallback in
+    etkdg_embed gives all n conformers with the input's stereo, labelled with the path that made them, and the scidiff
+    method refines those seeds instead of asking the de novo model."""
+    from rdkit import rdBase
+    from rdkit.Chem import AllChem
+
+    from scidiff.mol.chem import bonds_from_3d_match, mol_from_smiles
+    from scidiff.mol.forcefield import etkdg_conformers
+    from scidiff.mol.pipeline import scidiff_generator
+
+    mol = mol_from_smiles(CAGE, "gdb_3120")
+    params = AllChem.ETKDGv3()
+    params.randomSeed, params.useRandomCoords = 0, True
+    with rdBase.BlockLogs():
+        assert len(AllChem.EmbedMultipleConfs(Chem.Mol(mol), numConfs=2, params=params)) == 0  # what used to fail
+    seeds = etkdg_conformers(mol, 4, seed=0, mmff=True)
+    assert seeds.GetNumConformers() == 4
+    assert {c.GetProp("embedding") for c in seeds.GetConformers()} == {"random_coords_cage"}
+    assert all(report.ok for report in check_conformers(seeds, mol))
+    assert all(bonds_from_3d_match(seeds, c.GetId()) for c in seeds.GetConformers())
+    [refined] = scidiff_generator([mol], 2, seed=0)
+    assert refined.GetNumConformers() == 2
+    assert {(c.GetProp("seed_method"), c.GetProp("embedding")) for c in refined.GetConformers()} == {
+        ("etkdg_mmff", "random_coords_cage")}

@@ -135,3 +135,35 @@ def test_own_demonstrations_train_from_a_zarr_path(tmp_path):
     cfg["data"]["source"] = "hdf5"
     with pytest.raises(ValueError, match="data.source: unknown 'hdf5'"):
         policy_train.load_buffer(cfg["data"], tmp_path)
+
+
+def test_consistency_student_distils_a_teacher_file_and_acts_in_one_call(tmp_path):
+    """objective=consistency: the student starts as the teacher's copy, trains against it and saves as a policy
+    whose default sampler is one consistency call; bad teacher settings are named."""
+    torch.manual_seed(0)
+    policy_train.train_from_config(particle_config(tmp_path / "teacher", **{"trainer.max_steps": 60, "data.episodes": 6}))
+    teacher_file = tmp_path / "teacher" / "model.safetensors"
+    cfg = particle_config(tmp_path / "student", **{
+        "trainer.max_steps": 20, "data.episodes": 6, "+policy.teacher": str(teacher_file), "policy.objective": "consistency",
+        "+policy.distill_steps": 4, "sampler": "consistency", "sampler.steps": 4})
+    result = policy_train.train_from_config(cfg)
+    assert result.step == 20 and result.history[-1]["loss"] > 0
+    teacher, student = load_policy(teacher_file), load_policy(tmp_path / "student" / "model.safetensors")
+    assert student.objective == "consistency" and student.distill_steps == 4
+    assert student.default_sampler().options == {"calls": 1} and student.default_sampler().steps == 4
+    assert student.obs_normalizer.state_dict().keys() == teacher.obs_normalizer.state_dict().keys()
+    for a, b in zip(student.obs_normalizer.state_dict().values(), teacher.obs_normalizer.state_dict().values()):
+        assert torch.equal(a, b)  # the teacher's normalisers, not refitted
+    calls = []
+    unet = student.unet.forward
+    student.unet.forward = lambda *a, **k: calls.append(1) or unet(*a, **k)
+    obs = torch.zeros(3, student.n_obs_steps, student.obs_dim)
+    assert student.predict_action(obs)["action"].shape == (3, student.n_action_steps, 2) and len(calls) == 1
+    student.predict_action(obs, sampler="consistency", steps=2)
+    assert len(calls) == 3  # "consistency" with 2 steps = 2 calls on the 4-time distillation grid
+    with pytest.raises(ValueError, match="policy.horizon=4 differs from the teacher's 8"):
+        policy_train.distillation_student({**cfg["policy"], "horizon": 4})
+    with pytest.raises(FileNotFoundError, match="policy.teacher: no file at"):
+        policy_train.distillation_student({**cfg["policy"], "teacher": str(tmp_path / "missing.safetensors")})
+    with pytest.raises(ValueError, match="a consistency policy trains against a teacher"):
+        student.compute_loss({"obs": obs, "action": torch.zeros(3, student.horizon, 2)})

@@ -1,0 +1,77 @@
+"""Chi et al.'s PushT protocol figures: best evaluation and mean of the last 10, per training seed and averaged.
+
+Trains (or, with --report-only, reads) one run per seed of a protocol experiment and reads the closed-loop test
+evaluations the training loop logged (``eval/avg_max_reward`` and ``eval/success_rate`` on seeds 100000-100049 in
+metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, each averaged over 3 training seeds.
+
+    OMP_NUM_THREADS=2 python benchmarks/policy_chi_protocol.py --experiment pusht_chi_cpu --seeds 0 1 2
+    python benchmarks/policy_chi_protocol.py --experiment pusht_chi --seeds 0 1 2 --report-only   # after GPU runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+
+def evaluations(run_dir: Path) -> list[dict]:
+    """The logged closed-loop evaluations of a run, in step order (the last record of a step wins on resume)."""
+    by_step: dict[int, dict] = {}
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: train it first (drop --report-only)")
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "eval/avg_max_reward" in record:
+            by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def protocol_scores(evals: list[dict], last: int = 10) -> dict[str, float]:
+    """Best and mean-of-last-``last`` average max coverage (and success) over a run's evaluations."""
+    if not evals:
+        raise ValueError("the run logged no closed-loop evaluation (policy.eval.episodes and trainer.eval_every)")
+    scores = [e["eval/avg_max_reward"] for e in evals]
+    success = [e.get("eval/success_rate", float("nan")) for e in evals]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return {"best": scores[best], "best_step": evals[best]["step"], "best_success": success[best],
+            "last_mean": statistics.fmean(scores[-last:]), "last_success": statistics.fmean(success[-last:]),
+            "evaluations": len(scores)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="pusht_chi_cpu", help="protocol experiment (default pusht_chi_cpu)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    parser.add_argument("--runs", default="runs", help="parent folder of the runs (default runs)")
+    parser.add_argument("--report-only", action="store_true", help="read finished runs, train nothing")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=2000)")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for seed in args.seeds:
+        run_dir = Path(args.runs) / f"{args.experiment}_seed{seed}"
+        if not args.report_only:  # a rerun resumes each run from its last checkpoint
+            cmd = ["scidiff", "train", f"experiment={args.experiment}", f"trainer.seed={seed}",
+                   f"trainer.out_dir={run_dir}", "trainer.progress=false", *args.overrides]
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+        rows.append((seed, protocol_scores(evaluations(run_dir))))
+    print(f"\n{args.experiment}: avg max coverage on seeds 100000-100049 (success in brackets)")
+    print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
+    for seed, r in rows:
+        print(f"| {seed} | {r['best']:.3f} [{r['best_success']:.0%}] ({r['best_step']}) | "
+              f"{r['last_mean']:.3f} [{r['last_success']:.0%}] | {r['evaluations']} |")
+    best = statistics.fmean(r["best"] for _, r in rows)
+    last = statistics.fmean(r["last_mean"] for _, r in rows)
+    print(f"| mean of {len(rows)} | {best:.3f} | {last:.3f} | |")
+    print("Chi et al. 2023 (CNN, state PushT): 0.95 / 0.91")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Chi et al.'s PushT protocol as configured: the episode split is theirs, evaluation on their test seeds."""
+
+import numpy as np
+import pytest
+
+from scidiff.core.config import compose, to_container
+from scidiff.policy.datasets import episode_split
+
+
+def chi_split(n_episodes: int, val_ratio: float, max_n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """get_val_mask then downsample_mask, as in diffusion_policy/common/sampler.py (Chi et al. 2023)."""
+    val = np.zeros(n_episodes, dtype=bool)
+    n_val = min(max(1, round(n_episodes * val_ratio)), n_episodes - 1)
+    val[np.random.default_rng(seed=seed).choice(n_episodes, size=n_val, replace=False)] = True
+    train = ~val
+    idx = np.nonzero(train)[0]
+    keep = idx[np.random.default_rng(seed=seed).choice(len(idx), size=max_n, replace=False)]
+    train = np.zeros_like(train)
+    train[keep] = True
+    return train, val
+
+
+@pytest.mark.parametrize("experiment", ["pusht_chi", "pusht_chi_cpu"])
+def test_protocol_split_seeds_and_recipe_are_chi_et_al(experiment):
+    cfg = to_container(compose([f"experiment={experiment}"]))
+    data = cfg["data"]
+    assert (data["val_ratio"], data["max_train_episodes"], data["split_seed"]) == (0.02, 90, 42)
+    train, val = episode_split(206, data["val_ratio"], data["max_train_episodes"], data["split_seed"])
+    want_train, want_val = chi_split(206, 0.02, 90, 42)
+    np.testing.assert_array_equal(train, want_train)
+    np.testing.assert_array_equal(val, want_val)
+    assert train.sum() == 90 and val.sum() == 4 and not (train & val).any()
+    assert cfg["policy"]["eval"] == {"env": "scidiff/PushT-keypoints-v0", "episodes": 50, "seed": 100000}
+    t = cfg["trainer"]
+    assert (t["lr"], t["betas"], t["weight_decay"], t["warmup_steps"], t["batch_size"]) == (1e-4, [0.95, 0.999], 1e-6, 500, 256)
+    assert (t["ema_power"], t["ema_max_decay"], t["grad_clip"]) == (0.75, 0.9999, 0.0)
+    process = cfg["process"]
+    assert (process["name"], process["schedule"], process["num_steps"], process["prediction"]) == ("vp", "cosine", 100, "epsilon")
+    assert (cfg["policy"]["horizon"], cfg["policy"]["n_obs_steps"], cfg["policy"]["n_action_steps"]) == (16, 2, 8)
+
+
+def test_protocol_scores_best_and_last_ten():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("chi", Path(__file__).parents[2] / "benchmarks/policy_chi_protocol.py")
+    chi = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chi)
+    evals = [{"step": 100 * i, "eval/avg_max_reward": s, "eval/success_rate": 0.5} for i, s in
+             enumerate([0.2, 0.9, 0.5] + [0.7] * 10)]
+    r = chi.protocol_scores(evals)
+    assert (r["best"], r["best_step"], r["evaluations"]) == (0.9, 100, 13)
+    assert r["last_mean"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="no closed-loop evaluation"):
+        chi.protocol_scores([])
