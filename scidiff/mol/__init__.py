@@ -8,6 +8,7 @@ Modules, bottom to top (each imports only those before it):
     denoiser            the chirality-aware e3nn denoiser (build_model)
     generate            sampling conformers with a trained model
     pipeline            read -> generate -> relax -> stereo check / fix / resample -> write; the generator registry
+    shards              the pipeline over a large library: atomic SDF shards, a manifest, resume after a kill
     evaluate            metrics and reference sets
     cli                 ``scidiff mol generate | evaluate | build``
     build, train        training side: leakage-free SMILES lists and conformer sets; ``scidiff train experiment=mol_*``

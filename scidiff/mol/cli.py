@@ -9,6 +9,7 @@ Nothing here imports torch: the scidiff generator loads the model when it first 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from .evaluate import compare_table, evaluate_method, file_generator, load_refer
 from .forcefield import RELAXATIONS
 from .io import UNASSIGNED_STEREO
 from .pipeline import METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
+from .shards import generate_shards
 
 __all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
 
@@ -60,7 +62,12 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                     "wrong ones are never written. Exit status 1 only when nothing could be generated.")
     p.add_argument("input", help="a SMILES string, or a .smi/.csv/.tsv/.txt (optionally .gz) or .sdf file")
     p.add_argument("-n", "--num-conformers", type=int, default=10, help="conformers per molecule (default 10)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output .sdf (written atomically)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .sdf (written atomically); with --shard-size a folder of shards")
+    p.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help="stream the input into OUTPUT/shard_XXXXX.sdf of N inputs each, with manifest.jsonl and "
+                        "settings.json; rerunning the same command continues after the last finished shard "
+                        "(conformers equal the one-file run's when N is a multiple of --batch-size)")
     p.add_argument("--method", choices=METHODS, default="etkdg", help="generator (default etkdg)")
     p.add_argument("--sampler", default=None,
                    help="scidiff sampler (model only), e.g. ddim, heun (default: the one the model's run used)")
@@ -105,7 +112,9 @@ def run_generate(args: argparse.Namespace, generate_fn: GenerateFn | None = None
 
 def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None) -> GenerateSummary:
     set_threads(getattr(args, "threads", None))
-    return generate(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
+    shard_size = getattr(args, "shard_size", None)
+    write = generate if shard_size is None else functools.partial(generate_shards, shard_size=shard_size)
+    return write(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
                     sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint,

@@ -324,9 +324,11 @@ def iter_smiles_rows(path: str | Path, smiles_column: str | None = None, id_colu
             yield SmilesRow(line_no, smiles, name, smiles_at + 1)
 
 
-def _iter_smiles_file(path: Path, smiles_column: str | None, id_column: str | None) -> Iterator[InputRecord]:
-    """Records of a SMILES table (``iter_smiles_rows``), in order."""
+def _iter_smiles_file(path: Path, smiles_column: str | None, id_column: str | None, skip: int = 0) -> Iterator[InputRecord]:
+    """Records of a SMILES table (``iter_smiles_rows``), in order, from record ``skip`` on."""
     for index, row in enumerate(iter_smiles_rows(path, smiles_column, id_column)):
+        if index < skip:  # done by an earlier run: counted, never parsed
+            continue
         if row.error:
             yield _failed(index, f"line {row.line}", f"line {row.line}: {row.error}", row.line)
         elif not row.smiles:
@@ -346,12 +348,20 @@ def _sdf_record_lines(path: Path) -> list[int]:
     return starts
 
 
-def _iter_sdf(path: Path) -> Iterator[InputRecord]:
-    """Records of an SDF: the title line (else mol<i>) as id; 3D stereo read from the coordinates by RDKit."""
+def _iter_sdf(path: Path, skip: int = 0) -> Iterator[InputRecord]:
+    """Records of an SDF, from record ``skip`` on: the title line (else mol<i>) as id; 3D stereo read from the
+    coordinates by RDKit."""
     starts = _sdf_record_lines(path)
+    handle = _open_binary(path)
+    passed = 0
+    while passed < skip:  # records done by an earlier run: stepped over as text, never parsed
+        line = handle.readline()
+        if not line:
+            break
+        passed += line.rstrip(b"\r\n") == b"$$$$"
     with rdBase.BlockLogs(), rdBase.CaptureErrorLog() as log_capture:
-        supplier = Chem.ForwardSDMolSupplier(_open_binary(path), sanitize=False, removeHs=False)
-        for index, raw in enumerate(supplier):
+        supplier = Chem.ForwardSDMolSupplier(handle, sanitize=False, removeHs=False)  # reads on from where skip left it
+        for index, raw in enumerate(supplier, start=skip):
             line = starts[index] if index < len(starts) else None
             where = f"line {line}" if line else f"record {index + 1}"
             if raw is None:
@@ -361,8 +371,12 @@ def _iter_sdf(path: Path) -> Iterator[InputRecord]:
             yield record_from_mol(index, raw, where, line)
 
 
-def iter_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None) -> Iterator[InputRecord]:
-    """Input records from a SMILES string, a .smi/.csv/.tsv/.txt table (optionally .gz) or an .sdf file, in input order."""
+def iter_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None,
+                skip: int = 0) -> Iterator[InputRecord]:
+    """Input records from a SMILES string, a .smi/.csv/.tsv/.txt table (optionally .gz) or an .sdf file, in input order.
+
+    ``skip``: start at record ``skip`` (indices still count from the start of the input); the records before it are
+    stepped over without being parsed, so a resumed run pays nothing for the part already done."""
     path = Path(source)
     suffix = format_suffix(path)
     looks_like_file = suffix in SMILES_SUFFIXES + SDF_SUFFIXES
@@ -370,11 +384,12 @@ def iter_inputs(source: str | Path, smiles_column: str | None = None, id_column:
         if not path.is_file():
             raise FileNotFoundError(f"no input file {path}")
         if suffix in SDF_SUFFIXES:
-            yield from _iter_sdf(path)
+            yield from _iter_sdf(path, skip)
         else:
-            yield from _iter_smiles_file(path, smiles_column, id_column)
+            yield from _iter_smiles_file(path, smiles_column, id_column, skip)
         return
-    yield record_from_smiles(0, str(source).strip(), None, "SMILES argument", None)
+    if skip == 0:
+        yield record_from_smiles(0, str(source).strip(), None, "SMILES argument", None)
 
 
 def read_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None) -> list[InputRecord]:

@@ -401,11 +401,13 @@ class GenerateSummary:
 def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output: str | Path, n: int = 10,
              method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32,
              relax: str = "none", max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
-             id_column: str | None = None, unassigned_stereo: str = "keep-any", **options: Any) -> GenerateSummary:
+             id_column: str | None = None, unassigned_stereo: str = "keep-any",
+             on_outcome: Callable[[Outcome, int], None] | None = None, **options: Any) -> GenerateSummary:
     """Generate n conformers per input molecule and write them to an SDF; the Python face of ``scidiff mol generate``.
 
     Records are written as each batch finishes, so a crash keeps what was done; ``options`` and the other settings
-    go into every SDF record.
+    go into every SDF record. ``on_outcome(outcome, conformers_written)`` is called after each input (the sharded
+    run's manifest is built from it).
     """
     output = check_output_path(output, [inputs] if isinstance(inputs, (str, Path)) else [])
     settings = {"method": method, "seed": seed, "relaxation": relax, "batch_size": batch_size,
@@ -425,14 +427,17 @@ def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output
                 summary.stereo_dropped.append(Failure(
                     record.name, f"{outcome.stereo_missing} conformers still had wrong stereo after {max_resample} "
                     "resampling rounds and were not written", record.index, record.line))
+            written = 0
             if outcome.mol is None:
                 summary.failed.append(outcome.failure)
                 log.info("failed %s", outcome.failure.describe())
-            elif writer.write(ConformerRecord(record.index, record.name, outcome.mol)):
+            elif written := writer.write(ConformerRecord(record.index, record.name, outcome.mol)):
                 summary.succeeded += 1
                 if (warning := record.stereo_warning()) is not None:
                     summary.unassigned.append(warning)
             else:
                 summary.failed.append(writer.report.rejected[-1])
+            if on_outcome is not None:
+                on_outcome(outcome, written)
     summary.written = writer.report
     return summary
