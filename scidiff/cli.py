@@ -27,8 +27,7 @@ def _train(args: argparse.Namespace) -> int:
 def _train_run(overrides: list[str], threads: int | None) -> dict:
     """Train one run from Hydra overrides: the one path of `scidiff train`, and of every job of `scidiff train -m`.
     Returns the summary printed as JSON: the step reached, the last loss and the run folder."""
-    from .commands import check_output, set_threads
-    from .core.checkpoint import atomic_write
+    from .commands import atomic_write, check_output, set_threads
     from .core.config import build_diffusion, build_sampler, compose_checked
     from .core.trainer import TrainConfig, check_resume
 

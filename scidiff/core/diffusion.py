@@ -8,9 +8,9 @@ from typing import Any
 from torch import Tensor
 
 from .loss import consistency_distillation_loss, diffusion_loss
-from .prediction import Network, x0_denoiser
+from .prediction import Denoiser, Network, x0_denoiser
 from .process import NoiseProcess
-from .samplers import Denoiser, SampleResult, check_sampler, sample
+from .samplers import SampleResult, check_sampler, sample
 
 __all__ = ["Diffusion", "SamplerSpec"]
 

@@ -7,12 +7,18 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .prediction import Network, append_dims, loss_weight, network_forward, prediction_target
+from .prediction import Denoiser, Network, append_dims, loss_weight, network_forward, prediction_target
 from .process import NoiseProcess
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
-
 __all__ = ["diffusion_loss", "consistency_distillation_loss"]
+
+
+def _masked_mean(err: Tensor, loss_mask: Tensor | None) -> Tensor:
+    """Mean of the squared errors over the entries ``loss_mask`` (broadcastable to err) keeps; all without one."""
+    if loss_mask is None:
+        return err.mean()
+    mask = loss_mask.expand_as(err).to(err.dtype)
+    return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def diffusion_loss(
@@ -60,10 +66,7 @@ def diffusion_loss(
     target = prediction_target(x0, eps, t, process, prediction)
     weight = append_dims(loss_weight(process, t, prediction, weighting, min_snr_gamma), x0.ndim)
     err = weight * (raw.float() - target.float()) ** 2
-    if loss_mask is None:
-        return err.mean()
-    mask = loss_mask.expand_as(err).to(err.dtype)
-    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+    return _masked_mean(err, loss_mask)
 
 
 def consistency_distillation_loss(
@@ -107,7 +110,4 @@ def consistency_distillation_loss(
             t, a, s = t_next, a_next, s_next
         target = torch.where(s == 0, x, student(x, t))
     err = (student(x_hi, t_hi).float() - target.float()) ** 2
-    if loss_mask is None:
-        return err.mean()
-    mask = loss_mask.expand_as(err).to(err.dtype)
-    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+    return _masked_mean(err, loss_mask)

@@ -37,6 +37,8 @@ WEIGHTINGS = ("none", "min_snr", "edm")
 
 Network = Callable[[Tensor, Tensor], Tensor]
 """A network called as ``net(x_in, network_time)``; conditioning is closed over by the caller."""
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""(x_t, per-row t) -> x0 estimate: what samplers and distillation losses call (``x0_denoiser`` makes one)."""
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -165,7 +167,7 @@ def loss_weight(process: NoiseProcess, t: Tensor, prediction: str, weighting: st
     return torch.nan_to_num(wanted / natural, nan=0.0, posinf=0.0).to(torch.float32)
 
 
-def x0_denoiser(net: Network, process: NoiseProcess, prediction: str, clip: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+def x0_denoiser(net: Network, process: NoiseProcess, prediction: str, clip: float | None = None) -> Denoiser:
     """Wrap a network into the sampler's denoiser: (x_t, per-row t) -> x0 estimate, optionally clipped to [-clip, clip]."""
     check_prediction(process, prediction)
 

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .prediction import Denoiser
 from .process import NoiseProcess
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "check_sampler",
 ]
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 Projection = Callable[[Tensor], Tensor]
 
 

@@ -269,7 +269,7 @@ def _write_items(path: Path, items: Sequence[tuple[str, str]]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from scidiff.core.checkpoint import atomic_write
+    from scidiff.commands import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

@@ -464,7 +464,7 @@ def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
 
 def save_results(path: str | Path, results: Any) -> Path:
     """Write results as JSON atomically (non-finite floats as null)."""
-    from scidiff.core.checkpoint import atomic_write
+    from scidiff.commands import atomic_write
 
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):

@@ -114,12 +114,10 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
 
 def _run_rollout(args: argparse.Namespace) -> int:
     """Roll out, print the summary line and optionally write the JSON and the video."""
-    from scidiff.commands import set_threads
+    from scidiff.commands import atomic_write, set_threads
 
     _check_rollout_args(args)
     set_threads(args.threads, cap=ROLLOUT_THREADS)
-    from scidiff.core.checkpoint import atomic_write
-
     from .policy import load_policy
     from .rollout import rollout, summarize
 

@@ -43,6 +43,18 @@ CHI_PROCESS: dict[str, Any] = {
 }
 
 
+class _Shared:
+    """A module held by reference: copy.deepcopy (the trainer's EMA copy of a student) shares it instead of copying."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> "_Shared":
+        return self
+
+
 class DiffusionPolicy(nn.Module):
     """Low-dim observation -> action-chunk policy: denoising (Chi et al. 2023) or direct MSE regression on one U-Net."""
 
@@ -86,7 +98,7 @@ class DiffusionPolicy(nn.Module):
         self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
         self.objective, self.clip_sample, self.env_id = objective, clip_sample, env_id
         self.distill_steps, self.distill_stride = int(distill_steps), int(distill_stride)
-        self._teacher: tuple[DiffusionPolicy, ...] = ()  # a tuple, so the teacher is neither a submodule nor saved
+        self._teacher: _Shared | None = None  # neither a submodule nor saved, and not copied into the EMA model
         self.diffusion = build_diffusion(self._config["process"])
         self.process = self.diffusion.process
 
@@ -133,7 +145,7 @@ class DiffusionPolicy(nn.Module):
         if self.objective != "consistency" or teacher.objective != "diffusion":
             raise ValueError("attach_teacher: a 'consistency' student distils a 'diffusion' teacher, got "
                              f"{self.objective!r} from {teacher.objective!r}")
-        self._teacher = (teacher.eval().requires_grad_(False),)
+        self._teacher = _Shared(teacher.eval().requires_grad_(False))
         return self
 
     def default_sampler(self) -> SamplerSpec:
@@ -154,9 +166,9 @@ class DiffusionPolicy(nn.Module):
         if self.objective == "regression":
             return nn.functional.mse_loss(self._regress(cond), action)
         if self.objective == "consistency":
-            if not self._teacher:
+            if self._teacher is None:
                 raise ValueError("a consistency policy trains against a teacher: call attach_teacher first")
-            teacher = self._teacher[0].to(action.device)
+            teacher = self._teacher.module.to(action.device)
             teach = teacher.diffusion.denoiser(teacher._network(teacher._condition(batch["obs"])), clip=teacher.clip_sample)
             return self.diffusion.consistency_loss(self._network(cond), teach, action, self.distill_steps,
                                                    stride=self.distill_stride, generator=generator)
