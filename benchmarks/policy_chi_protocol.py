@@ -6,6 +6,10 @@ metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, 
 
     OMP_NUM_THREADS=2 python benchmarks/policy_chi_protocol.py --experiment pusht_chi_cpu --seeds 0 1 2
     python benchmarks/policy_chi_protocol.py --experiment pusht_chi --seeds 0 1 2 --report-only   # after GPU runs
+    python benchmarks/policy_chi_protocol.py --run runs/pusht_image      # one finished run: scores and the curve
+
+The curve is each evaluation's score against the training time spent to reach it (summed from the logged
+steps/s, so evaluation time is left out).
 """
 
 from __future__ import annotations
@@ -31,6 +35,32 @@ def evaluations(run_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def training_seconds(run_dir: Path) -> dict[int, float]:
+    """Step -> cumulative training seconds, from the logged steps/s of each logging interval (the last record of a
+    step wins on resume)."""
+    rates: dict[int, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("steps_per_s"):
+            rates[record["step"]] = record["steps_per_s"]
+    elapsed, previous, total = {}, 0, 0.0
+    for step in sorted(rates):
+        total += (step - previous) / rates[step]
+        elapsed[step], previous = total, step
+    return elapsed
+
+
+def curve(run_dir: Path) -> list[tuple[int, float, float, float]]:
+    """(step, training hours, avg max coverage, success) of each closed-loop evaluation of a run."""
+    elapsed = training_seconds(run_dir)
+    rows = []
+    for e in evaluations(run_dir):
+        logged = [s for s in elapsed if s <= e["step"]]
+        rows.append((e["step"], elapsed[max(logged)] / 3600 if logged else 0.0, e["eval/avg_max_reward"],
+                     e.get("eval/success_rate", float("nan"))))
+    return rows
+
+
 def protocol_scores(evals: list[dict], last: int = 10) -> dict[str, float]:
     """Best and mean-of-last-``last`` average max coverage (and success) over a run's evaluations."""
     if not evals:
@@ -49,9 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--runs", default="runs", help="parent folder of the runs (default runs)")
     parser.add_argument("--report-only", action="store_true", help="read finished runs, train nothing")
+    parser.add_argument("--run", type=Path, default=None, help="report this one run folder (scores and curve) only")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=2000)")
     args = parser.parse_args(argv)
 
+    if args.run:
+        scores = protocol_scores(evaluations(args.run))
+        print(json.dumps({"run": str(args.run), **scores}))
+        print("| step | training h | avg max coverage | success |\n|---|---|---|---|")
+        for step, hours, score, success in curve(args.run):
+            print(f"| {step} | {hours:.2f} | {score:.3f} | {success:.0%} |")
+        return 0
     rows = []
     for seed in args.seeds:
         run_dir = Path(args.runs) / f"{args.experiment}_seed{seed}"

@@ -3,6 +3,12 @@
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py                      # bundled PushT policy, 1 thread
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --down-dims 256 512 1024   # paper-size U-Net (random weights)
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --student scidiff/policy/weights/pusht_keypoints_consistency.safetensors
+    OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --checkpoint scidiff/policy/weights/pusht_image.safetensors \
+        --batch-size 64                                                        # bundled camera policy
+    OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --vision-width 64 --batch-size 64  # Chi et al.'s ResNet-18
+
+For a camera policy the chunk latency includes encoding the To frames, and an "encoder" row times the encoder
+alone (its share of every chunk, whatever the sampler).
 
 A chunk is one predict_action call: Tp = 16 actions from To = 2 observations, of which Ta = 8 are executed.
 Latency is independent of the weights' values, so the paper-size row uses an untrained network of that size.
@@ -26,10 +32,23 @@ SAMPLERS = (("ddpm", 100), ("ddim", 10), ("dpmpp_2m", 5), ("ddim", 1))
 STUDENT_SAMPLERS = (("consistency", 1), ("consistency", 2))  # a distilled student's network calls per chunk
 
 
+ENCODER = "encoder"  # a latency row that runs only the observation encoders (camera policies)
+
+
+def random_inputs(policy: DiffusionPolicy, batch: int) -> dict[str, torch.Tensor | dict]:
+    """predict_action's observation arguments for a batch: low-dim obs and, for a camera policy, uint8 frames."""
+    inputs = {"obs_history": torch.randn(batch, policy.n_obs_steps, policy.obs_dim)}
+    if policy.cameras:
+        inputs["images"] = {name: torch.randint(0, 256, (batch, policy.n_obs_steps, *shape), dtype=torch.uint8)
+                            for name, shape in policy.cameras.items()}
+    return inputs
+
+
 def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
     """Median wall time (ms) of one predict_action call for each (policy, sampler, steps), measured interleaved:
-    every round times each combination once, so load changes on a shared machine hit all of them alike."""
-    obs = torch.randn(batch, combos[0][0].n_obs_steps, combos[0][0].obs_dim)
+    every round times each combination once, so load changes on a shared machine hit all of them alike. A
+    sampler of ENCODER times only the observation encoding."""
+    inputs = random_inputs(combos[0][0], batch)
     generator = torch.Generator().manual_seed(0)
     times: list[list[float]] = [[] for _ in combos]
     for round_ in range(repeats + 1):
@@ -37,7 +56,11 @@ def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
             if round_ and steps >= 50 and (round_ - 1) % 5:  # DDPM-100 costs 10x: every fifth round only
                 continue
             start = time.perf_counter()
-            policy.predict_action(obs, sampler=sampler, steps=steps, generator=generator)
+            if sampler == ENCODER:
+                with torch.no_grad():
+                    policy._condition(inputs["obs_history"], inputs.get("images"))
+            else:
+                policy.predict_action(**inputs, sampler=sampler, steps=steps, generator=generator)
             if round_:  # round 0 is the warm-up
                 times[k].append(time.perf_counter() - start)
     return [1000 * statistics.median(t) for t in times]
@@ -48,8 +71,10 @@ def train_samples_per_s(policy: DiffusionPolicy, batch_size: int, iters: int, bf
     under bf16 autocast, as the trainer's precision=bf16)."""
     policy.train()
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    batch = {"obs": torch.randn(batch_size, policy.n_obs_steps, policy.obs_dim),
-             "action": torch.randn(batch_size, policy.horizon, policy.action_dim)}
+    inputs = random_inputs(policy, batch_size)
+    batch = {"obs": inputs["obs_history"], "action": torch.randn(batch_size, policy.horizon, policy.action_dim)}
+    if "images" in inputs:
+        batch["images"] = inputs["images"]
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -70,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(BUNDLED_WEIGHTS), help="policy file (default: bundled PushT)")
     parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="time an untrained U-Net of these widths")
+    parser.add_argument("--vision-width", type=int, default=None,
+                        help="time an untrained PushT camera policy with this encoder width (64 = ResNet-18)")
     parser.add_argument("--student", default=None, help="also time this consistency student at 1 and 2 calls")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
@@ -80,7 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    if args.down_dims:
+    if args.vision_width:
+        down_dims = args.down_dims or [32, 64, 128]
+        policy = DiffusionPolicy(2, 2, down_dims=down_dims, step_embed_dim=128, cameras={"img": [96, 96, 3]},
+                                 vision={"width": args.vision_width}).eval()
+        source = f"untrained camera policy, encoder width {args.vision_width}, down_dims={down_dims}"
+    elif args.down_dims:
         policy = DiffusionPolicy(20, 2, down_dims=args.down_dims).eval()
         source = f"untrained down_dims={args.down_dims}"
     else:
@@ -89,12 +121,23 @@ def main() -> None:
     print(f"# {source}: {n_params / 1e6:.2f} M parameters, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}")
     combos = [(policy, sampler, steps) for sampler, steps in SAMPLERS]
+    if policy.cameras:
+        combos.append((policy, ENCODER, 0))
+        encoder_params = sum(p.numel() for p in policy.image_encoders.parameters())
+        print(f"# encoders: {encoder_params / 1e6:.2f} M parameters")
     if args.student:
         student = load_policy(args.student)
         combos += [(student, sampler, steps) for sampler, steps in STUDENT_SAMPLERS]
-    for (p, sampler, steps), ms in zip(combos, chunk_latencies_ms(combos, args.repeats)):
+    latencies = chunk_latencies_ms(combos, args.repeats)
+    encoder_ms = next((ms for (_, sampler, _), ms in zip(combos, latencies) if sampler == ENCODER), None)
+    for (p, sampler, steps), ms in zip(combos, latencies):
+        if sampler == ENCODER:
+            print(json.dumps({"encoder_ms": round(ms, 2)}), flush=True)
+            continue
         row = {"policy": "student" if p.objective == "consistency" else "teacher", "sampler": sampler, "steps": steps,
                "chunk_latency_ms": round(ms, 2), "actions_per_s_at_Ta": round(p.n_action_steps / (ms / 1000), 1)}
+        if encoder_ms is not None:
+            row["encoder_share"] = round(encoder_ms / ms, 3)
         print(json.dumps(row), flush=True)
     if not args.train_variants:
         sps = train_samples_per_s(policy, args.batch_size, args.train_iters)

@@ -8,6 +8,7 @@ with the zarr 2 or zarr 3 library; writes zarr v2 so that Chi et al.'s own tools
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-__all__ = ["ReplayBuffer"]
+__all__ = ["ReplayBuffer", "parse_key_spec", "step_columns", "uint8_frames"]
 
 _ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 _CHUNK_BYTES = 1 << 22  # ~4 MB chunks along time: whole frames per chunk, few files for small arrays
@@ -36,6 +37,52 @@ def _write_array(group, name: str, array: np.ndarray) -> None:
         group.create_array(name, data=array, chunks=chunks)
     else:
         group.create_dataset(name, data=array, chunks=chunks)
+
+
+# 'key' or 'key[start:stop]'; keys may hold dots and slashes (LeRobot's "observation.state", zarr paths).
+_KEY_SPEC = re.compile(r"^\s*([A-Za-z_][\w/.\-]*)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*$")
+
+
+def parse_key_spec(spec: str) -> tuple[str, slice | None]:
+    """'state' -> ('state', None); 'state[:2]' -> ('state', slice(None, 2)): a key and an optional column slice of its
+    per-step values flattened (the one syntax of policy observations and of LeRobot export features)."""
+    match = _KEY_SPEC.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"key {spec!r}: expected 'name' or 'name[start:stop]', e.g. 'state[:2]' ('state[2:3]' for "
+                         "one column)")
+    name, start, stop = match.groups()
+    if "[" not in spec:
+        return name, None
+    return name, slice(int(start) if start else None, int(stop) if stop else None)
+
+
+def step_columns(array: np.ndarray, columns: slice | None, spec: str = "") -> np.ndarray:
+    """(T, k) view of an array's per-step values flattened, restricted to `columns`; a clear error when none remain."""
+    flat = np.asarray(array).reshape(len(array), -1)
+    if columns is not None:
+        flat = flat[:, columns]
+        if flat.shape[1] == 0:
+            raise ValueError(f"{spec or 'key'} selects no columns of an array of shape {np.shape(array)}")
+    return flat
+
+
+def uint8_frames(name: str, frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) camera frames as uint8. Float frames of whole 0-255 values (Chi et al.'s PushT zarr stores them as
+    float32) are converted in blocks, so no second full-size float copy is made; anything else is a clear error."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"camera {name!r}: expected frames of shape (T, H, W, 3), got {frames.shape}")
+    if frames.dtype == np.uint8:
+        return frames
+    if frames.dtype.kind not in "iuf":
+        raise ValueError(f"camera {name!r}: expected uint8 (or whole 0-255) frames, got {frames.dtype}")
+    out = np.empty(frames.shape, dtype=np.uint8)
+    for start in range(0, len(frames), 1024):
+        block = frames[start : start + 1024]
+        if block.size and (block.min() < 0 or block.max() > 255 or not np.array_equal(block, np.round(block))):
+            raise ValueError(f"camera {name!r}: frames must be uint8, or whole numbers in 0..255; rows {start}.. hold "
+                             f"{block.dtype} values in {block.min()}..{block.max()}")
+        out[start : start + 1024] = block
+    return out
 
 
 class ReplayBuffer:

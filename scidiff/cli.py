@@ -14,6 +14,7 @@ TRAINERS = {
     "toy": "scidiff.toy:train_from_config",
     "policy": "scidiff.policy.train:train_from_config",
     "mol": "scidiff.mol.train:train_from_config",
+    "mol_torsion": "scidiff.mol.torsion_model:train_from_config",
 }
 
 
@@ -36,8 +37,7 @@ def _train_run(overrides: list[str], threads: int | None) -> dict:
     if task not in TRAINERS:
         raise ValueError(f"task: unknown task {task!r}; choose one of {', '.join(TRAINERS)}")
     # Validate every section, the output folder and the run a rerun would resume before anything is written.
-    build_diffusion(cfg["process"])
-    build_sampler(cfg["sampler"])
+    build_sampler(cfg["sampler"], build_diffusion(cfg["process"]).process)
     trainer = TrainConfig.from_mapping(cfg["trainer"])
     out_dir = check_output(trainer.out_dir, "trainer.out_dir", folder=True)
     step = check_resume(out_dir, cfg, trainer.max_steps) if trainer.resume else 0
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     from envs.cli import add_commands as add_envs_commands
 
-    p = sub.add_parser("envs", help="Gymnasium simulators: record scripted-expert demonstrations")
+    p = sub.add_parser("envs", help="Gymnasium simulators: record scripted-expert demonstrations; LeRobotDataset import and export")
     add_envs_commands(p.add_subparsers(dest="envs_command", required=True))
     p.set_defaults(func=_envs)
     from .mol.cli import add_commands as add_mol_commands

@@ -39,6 +39,16 @@ from .samplers import (
     sample_euler,
     sample_heun,
 )
+from .torus import (
+    TORUS_SAMPLERS,
+    TorusProcess,
+    score_denoiser,
+    score_norm,
+    torus_score_loss,
+    wrap,
+    wrapped_normal_log_prob,
+    wrapped_normal_score,
+)
 from .trainer import TrainConfig, train
 
 __all__ = [
@@ -48,4 +58,6 @@ __all__ = [
     "EDM", "Flow", "NoiseProcess", "VPDiscrete", "alphas_cumprod_from_betas", "cosine_betas", "linear_betas",
     "polynomial_alphas_cumprod", "SAMPLERS", "Pin", "SampleResult", "check_sampler", "sample", "sample_consistency", "sample_ddim",
     "sample_ddpm", "sample_dpmpp_2m", "sample_euler", "sample_heun",
+    "TORUS_SAMPLERS", "TorusProcess", "score_denoiser", "score_norm", "torus_score_loss", "wrap", "wrapped_normal_log_prob",
+    "wrapped_normal_score",
 ]

@@ -7,10 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["BUNDLED_WEIGHTS", "add_commands", "run", "default_env", "video_fps", "main"]
+__all__ = ["BUNDLED_WEIGHTS", "BUNDLED_IMAGE_WEIGHTS", "PIXELS_ENV", "add_commands", "run", "default_env", "video_fps", "main"]
 
 # Trained by `scidiff train experiment=pusht_keypoints` on the PushT human demonstrations (see README of the run).
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pusht_keypoints.safetensors"
+# The camera policy (experiment=pusht_image), the default for the pixels env.
+BUNDLED_IMAGE_WEIGHTS = BUNDLED_WEIGHTS.with_name("pusht_image.safetensors")
+PIXELS_ENV = "scidiff/PushT-pixels-v0"
 # A policy's batched chunk is a small network call: one thread is fastest unless told otherwise (43 ms vs 1,490 ms
 # with two threads for a PushT chunk on a busy 2-core machine).
 ROLLOUT_THREADS = 1
@@ -26,12 +29,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Receding-horizon rollouts (predict Tp actions, execute Ta; Chi et al. 2023). Episode i starts "
         "from seed SEED+i; PushT's score is the mean over episodes of the max reward (average max coverage).",
     )
-    p.add_argument("--checkpoint", type=Path, default=BUNDLED_WEIGHTS,
-                   help="policy .safetensors (save_policy file or a run's model.safetensors); default: bundled PushT")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="policy .safetensors (save_policy file or a run's model.safetensors); default: the bundled "
+                        f"PushT image policy for --env {PIXELS_ENV}, else the bundled PushT keypoints policy")
     p.add_argument("--env", default=None,
                    help="Gymnasium id (default: the env the policy was trained for; for files that do not record "
-                        "it, scidiff/PushT-keypoints-v0 for 20-d policies); gym_pusht/PushT-v0 works through a "
-                        "keypoints adapter when gym-pusht is installed")
+                        "it, scidiff/PushT-keypoints-v0 for 20-d policies); gym_pusht/PushT-v0 works when gym-pusht "
+                        "is installed, through a keypoints adapter or, for an image policy, its pixels_agent_pos "
+                        "observations")
     p.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
     p.add_argument("--seed", type=int, default=100000, help="seed of episode 0 (default 100000, Chi et al.'s test seeds)")
     p.add_argument("--sampler", default=None,
@@ -97,6 +102,8 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
                           ("--video-episodes", args.video_episodes)):
         check_int(option, value, 1)
     check_int("--max-steps", args.max_steps, 1, optional=True)
+    if args.checkpoint is None:
+        args.checkpoint = BUNDLED_IMAGE_WEIGHTS if args.env == PIXELS_ENV else BUNDLED_WEIGHTS
     try:
         check_sampler(args.sampler or "ddim", 10 if args.steps is None else args.steps)
     except ValueError as err:

@@ -4,12 +4,12 @@ A replay buffer is any object with ``.data`` (a mapping key -> array of shape (T
 and ``.episode_ends`` (cumulative episode ends, as zarr ``meta/episode_ends``). Windows are ``horizon`` steps
 long and may start up to To-1 steps before an episode and end up to Ta-1 steps after it; the missing steps
 repeat the episode's first or last step (edge padding, as Chi et al.'s SequenceSampler). Windows never cross
-episode boundaries. Observations are the first To steps of a window, actions all Tp steps.
+episode boundaries. Observations are the first To steps of a window, actions all Tp steps. Camera frames
+(``camera_keys``) stay uint8 (H, W, 3) as stored and are gathered per batch; the policy crops and scales them.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,6 +24,7 @@ __all__ = [
     "ObsKey",
     "parse_obs_key",
     "step_features",
+    "camera_frames",
     "episode_split",
     "window_table",
     "window_rows",
@@ -36,9 +37,6 @@ PUSHT_KEYPOINT_OBS: tuple[str, ...] = ("keypoint", "state[:2]")
 # PushT state observation: [agent_x, agent_y, block_x, block_y, block_angle] = 5-d.
 PUSHT_STATE_OBS: tuple[str, ...] = ("state",)
 
-_KEY_RE = re.compile(r"^\s*([A-Za-z_][\w/]*)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*$")
-
-
 @dataclass(frozen=True)
 class ObsKey:
     """A buffer key and an optional column slice of its per-step features flattened, written 'key' or 'key[a:b]'."""
@@ -49,12 +47,11 @@ class ObsKey:
 
 
 def parse_obs_key(spec: str) -> ObsKey:
-    """Parse 'state', 'state[:2]' or 'keypoint[2:10]' into an ObsKey."""
-    m = _KEY_RE.match(spec)
-    if m is None:
-        raise ValueError(f"obs key {spec!r}: expected 'name' or 'name[start:stop]', e.g. 'state[:2]'")
-    name, a, b = m.groups()
-    return ObsKey(name, int(a) if a else None, int(b) if b else None)
+    """Parse 'state', 'state[:2]' or 'keypoint[2:10]' into an ObsKey (envs.replay_buffer.parse_key_spec's syntax)."""
+    from envs.replay_buffer import parse_key_spec
+
+    name, columns = parse_key_spec(spec)
+    return ObsKey(name) if columns is None else ObsKey(name, columns.start, columns.stop)
 
 
 def _episode_ends(buffer: Any) -> np.ndarray:
@@ -78,17 +75,25 @@ def _read(buffer: Any, key: str, n_rows: int) -> np.ndarray:
 
 def step_features(buffer: Any, keys: Sequence[str]) -> np.ndarray:
     """(T_total, dim) float32: each key's per-step values flattened and column-sliced, concatenated in order."""
+    from envs.replay_buffer import step_columns  # not at import: the envs package imports the simulators
+
     if isinstance(keys, str):
         keys = (keys,)
     n_rows = int(_episode_ends(buffer)[-1])
     parts = []
     for spec in keys:
         k = parse_obs_key(spec)
-        flat = _read(buffer, k.key, n_rows).reshape(n_rows, -1)[:, k.start : k.stop]
-        if flat.shape[1] == 0:
-            raise ValueError(f"obs key {spec!r} selects no columns of {k.key!r}")
+        columns = None if k.start is None and k.stop is None else slice(k.start, k.stop)
+        flat = step_columns(_read(buffer, k.key, n_rows), columns, f"obs key {spec!r}")
         parts.append(flat.astype(np.float32, copy=False))
     return np.concatenate(parts, axis=1)
+
+
+def camera_frames(buffer: Any, key: str, n_rows: int) -> np.ndarray:
+    """(T_total, H, W, 3) uint8 frames of a camera key (float 0-255 frames, as PushT's zarr stores them, converted)."""
+    from envs.replay_buffer import uint8_frames
+
+    return uint8_frames(key, _read(buffer, key, n_rows))
 
 
 def episode_split(
@@ -146,7 +151,8 @@ def window_rows(table: np.ndarray, length: int) -> np.ndarray:
 
 
 class PolicyWindowDataset(Dataset):
-    """Samples {"obs": (To, obs_dim), "action": (Tp, action_dim)} float32 tensors from a replay buffer (Chi et al. 2023)."""
+    """Samples {"obs": (To, obs_dim), "action": (Tp, action_dim)} float32 tensors from a replay buffer (Chi et al. 2023),
+    plus {"images": {camera: (To, H, W, 3) uint8}} for each of ``camera_keys``."""
 
     def __init__(
         self,
@@ -157,6 +163,7 @@ class PolicyWindowDataset(Dataset):
         obs_keys: Sequence[str] = PUSHT_KEYPOINT_OBS,
         action_key: str = "action",
         episode_mask: np.ndarray | None = None,
+        camera_keys: Sequence[str] = (),
     ):
         if not 1 <= n_obs_steps <= horizon:
             raise ValueError(f"n_obs_steps must be in [1, horizon={horizon}], got {n_obs_steps}")
@@ -171,6 +178,7 @@ class PolicyWindowDataset(Dataset):
         self.episode_mask = np.ones(n_episodes, dtype=bool) if episode_mask is None else np.asarray(episode_mask, bool)
         self.obs = step_features(buffer, self.obs_keys)
         self.action = step_features(buffer, (action_key,))
+        self.images = {key: camera_frames(buffer, key, len(self.obs)) for key in camera_keys}
         self.table = window_table(self.episode_ends, horizon, n_obs_steps - 1, n_action_steps - 1, self.episode_mask)
 
     @property
@@ -187,13 +195,22 @@ class PolicyWindowDataset(Dataset):
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Tensor]:
         """Windows at the given indices stacked: {"obs": (B, To, obs_dim), "action": (B, Tp, action_dim)}."""
         rows = window_rows(self.table[np.asarray(indices, dtype=np.int64)], self.horizon)
-        return {
+        batch = {
             "obs": torch.from_numpy(self.obs[rows[:, : self.n_obs_steps]]),
             "action": torch.from_numpy(self.action[rows]),
         }
+        if self.images:
+            batch["images"] = {k: torch.from_numpy(v[rows[:, : self.n_obs_steps]]) for k, v in self.images.items()}
+        return batch
+
+    @property
+    def camera_shapes(self) -> dict[str, list[int]]:
+        """Camera key -> stored frame shape [H, W, 3], as DiffusionPolicy's ``cameras``."""
+        return {k: list(v.shape[1:]) for k, v in self.images.items()}
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {k: v[0] for k, v in self.get_batch([index]).items()}
+        return {k: ({c: f[0] for c, f in v.items()} if isinstance(v, dict) else v[0])
+                for k, v in self.get_batch([index]).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """Whole batch in one gather (DataLoader calls this instead of per-item __getitem__); collate with identity."""
@@ -218,10 +235,11 @@ def split_datasets(
     val_ratio: float = 0.02,
     max_train_episodes: int | None = 90,
     seed: int = 42,
+    camera_keys: Sequence[str] = (),
 ) -> tuple[PolicyWindowDataset, PolicyWindowDataset]:
     """Train and validation window datasets over disjoint episodes; defaults follow Chi et al.'s PushT config."""
     train_mask, val_mask = episode_split(len(_episode_ends(buffer)), val_ratio, max_train_episodes, seed)
     common = dict(horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, obs_keys=obs_keys,
-                  action_key=action_key)
+                  action_key=action_key, camera_keys=tuple(camera_keys))
     return (PolicyWindowDataset(buffer, episode_mask=train_mask, **common),
             PolicyWindowDataset(buffer, episode_mask=val_mask, **common))

@@ -1,10 +1,10 @@
 """Diffusion Policy: a U-Net denoises a chunk of Tp actions conditioned on To observations (Chi et al. 2023).
 
 The policy owns everything a checkpoint needs to act: the observation and action normalisers, the
-observation encoder, the U-Net and the noise-process settings. Construction takes only plain values, so
-``DiffusionPolicy(**policy.config())`` rebuilds it and ``save_policy`` / ``load_policy`` round-trip it through
-one safetensors file in the core's inference format (weights + JSON config in the metadata; never pickle). A
-policy trained by ``scidiff train`` also records the Gymnasium id of its env (``env_id``), which rollouts default to.
+observation encoders (camera images: scidiff.policy.vision), the U-Net and the noise-process settings.
+Construction takes only plain values, so ``DiffusionPolicy(**policy.config())`` rebuilds it and ``save_policy`` /
+``load_policy`` round-trip it through one safetensors file in the core's inference format (weights + JSON config
+in the metadata; never pickle). A policy trained by ``scidiff train`` also records the Gymnasium id of its env (``env_id``), which rollouts default to.
 
 ``objective="regression"`` turns the same network into the direct-regression baseline: one forward pass with a
 fixed zero input and time, trained by MSE on the normalised action chunk. ``objective="consistency"`` is a student
@@ -28,6 +28,7 @@ from scidiff.core.checkpoint import check_task, load_inference, save_inference
 
 from .normalizer import MinMaxNormalizer
 from .unet1d import ConditionalUnet1D
+from .vision import VISION_DEFAULTS, ImageEncoder
 
 __all__ = ["OBJECTIVES", "CHI_PROCESS", "POLICY_CONFIG_KEY", "DiffusionPolicy", "shift_plan", "save_policy",
            "load_policy"]
@@ -56,7 +57,12 @@ class _Shared:
 
 
 class DiffusionPolicy(nn.Module):
-    """Low-dim observation -> action-chunk policy: denoising (Chi et al. 2023) or direct MSE regression on one U-Net."""
+    """Low-dim (and camera) observations -> action chunk: denoising (Chi et al. 2023) or MSE regression on one U-Net.
+
+    ``cameras`` maps camera names to their stored frame shape (H, W, 3); each gets an ImageEncoder built from
+    ``vision`` (width, crop, num_keypoints, feature_dim; defaults: Chi et al.'s ResNet-18). Without cameras the
+    policy is the low-dim one, unchanged.
+    """
 
     def __init__(
         self,
@@ -75,6 +81,8 @@ class DiffusionPolicy(nn.Module):
         env_id: str | None = None,
         distill_steps: int = 10,
         distill_stride: int = 1,
+        cameras: dict[str, list[int] | tuple[int, ...]] | None = None,
+        vision: dict[str, Any] | None = None,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -93,6 +101,8 @@ class DiffusionPolicy(nn.Module):
             process=dict(CHI_PROCESS if process is None else process),
             clip_sample=None if clip_sample is None else float(clip_sample), env_id=env_id,
             distill_steps=int(distill_steps), distill_stride=int(distill_stride),
+            cameras={str(k): [int(d) for d in v] for k, v in (cameras or {}).items()},
+            vision={**VISION_DEFAULTS, **(vision or {})} if cameras else None,
         )
         self.obs_dim, self.action_dim, self.horizon = obs_dim, action_dim, horizon
         self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
@@ -104,10 +114,19 @@ class DiffusionPolicy(nn.Module):
 
         self.obs_normalizer = MinMaxNormalizer(obs_dim)
         self.action_normalizer = MinMaxNormalizer(action_dim)
-        # Low-dim observations: the To steps are flattened into the FiLM conditioning vector.
+        # Cameras (name -> stored frame shape H, W, C): one encoder each, as Chi et al. (no weights shared between
+        # views); a list, not a dict of modules, because dataset keys such as LeRobot's "observation.image" have dots.
+        self.cameras = {k: tuple(v) for k, v in self._config["cameras"].items()}
+        for name, shape in self.cameras.items():
+            if len(shape) != 3 or shape[2] != 3:
+                raise ValueError(f"cameras.{name}: frames are (H, W, 3) RGB, got shape {list(shape)}")
+        self.image_encoders = nn.ModuleList(ImageEncoder(**self._config["vision"]) for _ in self.cameras)
+        step_dim = obs_dim + sum(encoder.feature_dim for encoder in self.image_encoders)
+        # Each of the To steps' features (camera features ‖ normalised low-dim obs) are flattened into the FiLM
+        # conditioning vector.
         self.obs_encoder = nn.Flatten(start_dim=1)
         self.unet = ConditionalUnet1D(
-            action_dim, horizon, global_cond_dim=n_obs_steps * obs_dim, down_dims=down_dims,
+            action_dim, horizon, global_cond_dim=n_obs_steps * step_dim, down_dims=down_dims,
             kernel_size=kernel_size, n_groups=n_groups, step_embed_dim=step_embed_dim,
         )
 
@@ -122,14 +141,32 @@ class DiffusionPolicy(nn.Module):
         self.action_normalizer.fit(action)
         return self
 
-    def _condition(self, obs: Tensor) -> Tensor:
-        """Normalised, encoded conditioning (B, To * obs_dim) from the first To observations."""
+    def _condition(self, obs: Tensor, images: dict[str, Tensor] | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """Encoded conditioning (B, To * step_dim) from the first To observations: each camera's features, then the
+        normalised low-dim observation. Cameras crop at random in training (drawn from ``generator``), centrally in eval."""
         if obs.ndim != 3 or obs.shape[1] < self.n_obs_steps or obs.shape[2] != self.obs_dim:
             raise ValueError(
                 f"obs must have shape (batch, >= n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}), "
                 f"got {tuple(obs.shape)}"
             )
-        return self.obs_encoder(self.obs_normalizer(obs[:, : self.n_obs_steps]))
+        steps = [self.obs_normalizer(obs[:, : self.n_obs_steps])]
+        if self.cameras:
+            missing = sorted(set(self.cameras) - set(images or {}))
+            if missing:
+                raise ValueError(f"this policy sees camera(s) {', '.join(map(repr, missing))}; the observation has "
+                                 f"{sorted(images or {}) or 'no images'}")
+            features = []
+            for (name, shape), encoder in zip(self.cameras.items(), self.image_encoders):
+                frames = images[name]
+                if frames.ndim != 5 or tuple(frames.shape[2:]) != shape or frames.shape[1] < self.n_obs_steps:
+                    raise ValueError(f"camera {name!r}: expected frames of shape (batch, >= {self.n_obs_steps}, "
+                                     f"{', '.join(map(str, shape))}) (H, W, RGB as recorded), got {tuple(frames.shape)}")
+                b = frames.shape[0]
+                flat = frames[:, : self.n_obs_steps].reshape(b * self.n_obs_steps, *shape)
+                features.append(encoder(flat, generator).reshape(b, self.n_obs_steps, -1))
+            steps = features + steps
+        return self.obs_encoder(torch.cat(steps, dim=-1))
 
     def _network(self, cond: Tensor):
         """The core's net(x, t) with this batch's conditioning closed over."""
@@ -161,7 +198,7 @@ class DiffusionPolicy(nn.Module):
                 f"action must have shape (batch, horizon={self.horizon}, action_dim={self.action_dim}), "
                 f"got {tuple(batch['action'].shape)}"
             )
-        cond = self._condition(batch["obs"])
+        cond = self._condition(batch["obs"], batch.get("images"), generator)
         action = self.action_normalizer(batch["action"])
         if self.objective == "regression":
             return nn.functional.mse_loss(self._regress(cond), action)
@@ -169,7 +206,8 @@ class DiffusionPolicy(nn.Module):
             if self._teacher is None:
                 raise ValueError("a consistency policy trains against a teacher: call attach_teacher first")
             teacher = self._teacher.module.to(action.device)
-            teach = teacher.diffusion.denoiser(teacher._network(teacher._condition(batch["obs"])), clip=teacher.clip_sample)
+            teacher_cond = teacher._condition(batch["obs"], batch.get("images"))
+            teach = teacher.diffusion.denoiser(teacher._network(teacher_cond), clip=teacher.clip_sample)
             return self.diffusion.consistency_loss(self._network(cond), teach, action, self.distill_steps,
                                                    stride=self.distill_stride, generator=generator)
         return self.diffusion.loss(self._network(cond), action, generator=generator)
@@ -195,10 +233,12 @@ class DiffusionPolicy(nn.Module):
     @torch.no_grad()
     def predict_action(
         self, obs_history: Tensor, sampler: SamplerSpec | str | None = None, steps: int | None = None,
+        images: dict[str, Tensor] | None = None,
         generator: torch.Generator | None = None, warm_start: Tensor | None = None, t_start: float | None = None,
         **sampler_options: Any,
     ) -> dict[str, Tensor]:
-        """Predict Tp actions from (B, To, obs_dim) observations; "action" holds the Ta to execute, To-1 .. To+Ta-2 (Chi et al. 2023).
+        """Predict Tp actions from (B, To, obs_dim) observations (and, for a camera policy, ``images``: camera name ->
+        (B, To, H, W, 3) uint8 frames); "action" holds the Ta to execute, To-1 .. To+Ta-2 (Chi et al. 2023).
 
         ``sampler`` is a SamplerSpec, or a sampler name that ``steps`` and ``sampler_options`` complete (default:
         ``default_sampler()``). For a consistency student, "consistency" with N steps means N network calls on the
@@ -211,7 +251,7 @@ class DiffusionPolicy(nn.Module):
                 f"obs_history must have shape (batch, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}), "
                 f"got {tuple(obs_history.shape)}"
             )
-        cond = self._condition(obs_history)
+        cond = self._condition(obs_history, images)
         if self.objective == "regression":
             naction = self._regress(cond)
         else:

@@ -29,6 +29,7 @@ __all__ = [
     "gym_pusht_keypoint_obs",
     "PushTKeypointsAdapter",
     "make_env",
+    "ObservationReader",
     "rollout",
     "summarize",
 ]
@@ -72,9 +73,10 @@ class PushTKeypointsAdapter(gym.ObservationWrapper):
         return gym_pusht_keypoint_obs(observation)
 
 
-def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = None, **kwargs: Any) -> gym.Env:
-    """One env by Gymnasium id (kwargs go to gym.make); gym-pusht ids get obs_type='state' and, for a 20-d policy,
-    the keypoints adapter."""
+def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = None, cameras: bool = False,
+             **kwargs: Any) -> gym.Env:
+    """One env by Gymnasium id (kwargs go to gym.make); gym-pusht ids get obs_type='pixels_agent_pos' for a camera
+    policy, else obs_type='state' and, for a 20-d policy, the keypoints adapter."""
     import envs  # noqa: F401  (registers the scidiff ids)
 
     if env_id.startswith(GYM_PUSHT_PREFIX):
@@ -82,6 +84,8 @@ def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = 
             import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
         except ImportError as err:
             raise ValueError(f"env {env_id!r} needs the gym-pusht package (pip install gym-pusht; pymunk < 7)") from err
+        if cameras:  # gym-pusht renders its pixel observations only in rgb_array mode
+            return gym.make(env_id, obs_type="pixels_agent_pos", render_mode="rgb_array", **kwargs)
         env = gym.make(env_id, obs_type="state", render_mode=render_mode, **kwargs)
         return PushTKeypointsAdapter(env) if obs_dim == 20 else env
     if env_id not in gym.registry:
@@ -89,12 +93,56 @@ def make_env(env_id: str, render_mode: str | None = None, obs_dim: int | None = 
     return gym.make(env_id, render_mode=render_mode, **kwargs)
 
 
-def _check_spaces(env: gym.vector.VectorEnv, obs_dim: int, action_dim: int, env_id: str) -> None:
-    """Raise a clear error when the env's observation or action size differs from the policy's."""
-    obs_shape = env.single_observation_space.shape
+class ObservationReader:
+    """Splits a vector env's observations into the policy's inputs: low-dim (n, obs_dim) float32 and, for a camera
+    policy, camera name -> (n, H, W, 3) uint8 frames.
+
+    A Dict observation's image entries (H, W, 3) feed the policy's cameras (by name, or the only image to the only
+    camera: PushT-pixels' "pixels" is the recorded "img"); its other entries, in key order, are the low-dim part.
+    """
+
+    def __init__(self, space: gym.Space, policy: Any, env_id: str):
+        cameras = dict(getattr(policy, "cameras", {}) or {})
+        self.images: dict[str, str] = {}
+        if isinstance(space, gym.spaces.Dict):
+            image_keys = [k for k, sub in space.spaces.items() if len(sub.shape or ()) == 3]
+            self.low = [k for k in space.spaces if k not in image_keys]
+            if len(image_keys) == 1 and len(cameras) == 1:
+                self.images = {next(iter(cameras)): image_keys[0]}
+            else:
+                missing = sorted(set(cameras) - set(image_keys))
+                if missing:
+                    raise ValueError(f"the policy sees camera(s) {missing}; env {env_id!r} observes images "
+                                     f"{image_keys or 'none'}")
+                self.images = {name: name for name in cameras}
+            for name, key in self.images.items():
+                if tuple(space[key].shape) != tuple(cameras[name]):
+                    raise ValueError(f"env {env_id!r} renders {key!r} as {space[key].shape}, the policy's camera "
+                                     f"{name!r} was trained on {tuple(cameras[name])} frames")
+            low_dim = sum(int(np.prod(space[k].shape)) for k in self.low)
+            if low_dim != policy.obs_dim:
+                raise ValueError(f"env {env_id!r} gives {low_dim}-d low-dim observations {self.low}, the policy "
+                                 f"expects {policy.obs_dim}-d")
+        else:
+            if cameras:
+                raise ValueError(f"the policy sees camera(s) {sorted(cameras)}; env {env_id!r} gives only "
+                                 f"{space.shape} vectors (use a pixels env, e.g. scidiff/PushT-pixels-v0)")
+            self.low = None
+            if tuple(space.shape) != (policy.obs_dim,):
+                raise ValueError(f"env {env_id!r} gives observations of shape {space.shape}, the policy expects "
+                                 f"({policy.obs_dim},)")
+
+    def __call__(self, obs: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self.low is None:
+            return np.asarray(obs, dtype=np.float32), {}
+        n = len(next(iter(obs.values())))
+        low = np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(n, -1) for k in self.low], axis=1)
+        return low, {name: np.asarray(obs[key], dtype=np.uint8) for name, key in self.images.items()}
+
+
+def _check_actions(env: gym.vector.VectorEnv, action_dim: int, env_id: str) -> None:
+    """Raise a clear error when the env's action size differs from the policy's."""
     act_shape = env.single_action_space.shape
-    if obs_shape != (obs_dim,):
-        raise ValueError(f"env {env_id!r} gives observations of shape {obs_shape}, the policy expects ({obs_dim},)")
     if act_shape != (action_dim,):
         raise ValueError(f"env {env_id!r} takes actions of shape {act_shape}, the policy predicts ({action_dim},)")
 
@@ -133,12 +181,13 @@ def rollout(
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     num_envs = min(num_envs, episodes)
     render = "rgb_array" if video_episodes > 0 else None
-    obs_dim, action_dim = policy.obs_dim, policy.action_dim
+    obs_dim, action_dim, cameras = policy.obs_dim, policy.action_dim, bool(getattr(policy, "cameras", None))
     vec = gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id, render, obs_dim, **(env_kwargs or {})) for _ in range(num_envs)]
+        [lambda: make_env(env_id, render, obs_dim, cameras, **(env_kwargs or {})) for _ in range(num_envs)]
     )
     try:
-        _check_spaces(vec, obs_dim, action_dim, env_id)
+        reader = ObservationReader(vec.single_observation_space, policy, env_id)
+        _check_actions(vec, action_dim, env_id)
         limit = max_steps or vec.envs[0].spec.max_episode_steps or 300
         device = next(policy.parameters()).device
         generator = torch.Generator(device=device).manual_seed(generator_seed)
@@ -150,7 +199,7 @@ def rollout(
         with tqdm(total=episodes, desc=f"rollout {env_id}", unit="episode", disable=not progress) as bar:
             for first in range(0, episodes, num_envs):
                 ids = list(range(first, min(first + num_envs, episodes)))
-                wave = _run_wave(policy, vec, [seed + i for i in ids], limit, sampler, steps, generator,
+                wave = _run_wave(policy, vec, reader, [seed + i for i in ids], limit, sampler, steps, generator,
                                  record=[i < video_episodes for i in ids], reset_options=reset_options,
                                  latencies=latencies, bar=bar, warm_start=warm_start)
                 results += wave[0]
@@ -192,7 +241,7 @@ class _Tally:
         ]
 
 
-def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpec | str, steps: int, generator,
+def _run_wave(policy, vec, reader: ObservationReader, seeds: Sequence[int], limit: int, sampler: SamplerSpec | str, steps: int, generator,
               record: list[bool], reset_options, latencies: list[float],
               bar, warm_start: float | None = None) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
@@ -202,9 +251,12 @@ def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpe
     obs, _ = vec.reset(seed=all_seeds)
     if reset_options is not None:
         # Vector envs take one options dict for all sub-envs, so per-seed options need per-env resets.
-        obs = np.stack([env.reset(seed=s, options=reset_options(s))[0] for env, s in zip(vec.envs, all_seeds)])
+        obs = [env.reset(seed=s, options=reset_options(s))[0] for env, s in zip(vec.envs, all_seeds)]
+        obs = {k: np.stack([o[k] for o in obs]) for k in obs[0]} if isinstance(obs[0], dict) else np.stack(obs)
     # Chi et al.'s MultiStepWrapper pads the observation history with the first observation.
-    history = np.repeat(np.asarray(obs, dtype=np.float32)[:, None], policy.n_obs_steps, axis=1)
+    low, frames_now = reader(obs)
+    history = np.repeat(low[:, None], policy.n_obs_steps, axis=1)
+    image_history = {k: np.repeat(v[:, None], policy.n_obs_steps, axis=1) for k, v in frames_now.items()}
     tally = _Tally(n, len(seeds), limit)
     filming = [j for j, keep in enumerate(record) if keep]
     frames: list[list[np.ndarray]] = [[vec.envs[j].render()] if j in filming else [] for j in range(len(seeds))]
@@ -212,10 +264,12 @@ def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpe
     plan = None
     while tally.running.any():
         start = time.perf_counter()
-        warm = {} if warm_start is None or plan is None else \
+        extra = {} if warm_start is None or plan is None else \
             {"warm_start": shift_plan(plan, policy.n_action_steps), "t_start": warm_start}
+        if image_history:  # only camera policies take images (scripted stand-ins need not)
+            extra["images"] = {k: torch.from_numpy(v).to(device) for k, v in image_history.items()}
         out = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
-                                    generator=generator, **warm)
+                                    generator=generator, **extra)
         plan = out.get("action_pred")
         chunk = out["action"].cpu().numpy().astype(np.float64)
         latencies.append(time.perf_counter() - start)
@@ -225,7 +279,10 @@ def _run_wave(policy, vec, seeds: Sequence[int], limit: int, sampler: SamplerSpe
             bar.update(len(tally.record(reward, terminated, truncated, info)))
             for j in filmed:
                 frames[j].append(vec.envs[j].render())
-            history = np.concatenate([history[:, 1:], np.asarray(obs, dtype=np.float32)[:, None]], axis=1)
+            low, frames_now = reader(obs)
+            history = np.concatenate([history[:, 1:], low[:, None]], axis=1)
+            image_history = {k: np.concatenate([v[:, 1:], frames_now[k][:, None]], axis=1)
+                             for k, v in image_history.items()}
             if not tally.running.any():
                 break
     return tally.results(seeds), frames

@@ -15,27 +15,30 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from scidiff.core.trainer import move_to
+
 from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
 __all__ = ["load_buffer", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
 
-_POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample")
+_POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
 # objective=consistency: the diffusion policy file, its DDIM grid and the student's stride along it
 _DISTILL_FIELDS = ("teacher", "distill_steps", "distill_stride")
 
 
-def _buffer_keys(obs_keys: list[str], action_key: str) -> list[str]:
-    """The replay-buffer arrays that the observations and actions read (so PushT's images are never loaded)."""
-    return sorted({parse_obs_key(k).key for k in obs_keys} | {action_key})
+def _buffer_keys(data: dict[str, Any]) -> list[str]:
+    """The replay-buffer arrays that the observations, cameras and actions read (so unused images are never loaded)."""
+    return sorted({parse_obs_key(k).key for k in data["obs_keys"]} | set(data.get("camera_keys") or ())
+                  | {data["action_key"]})
 
 
 def load_buffer(data: dict[str, Any], out_dir: str | Path):
-    """The demonstrations of the ``data`` section: 'pusht' human data, 'expert' episodes recorded once and cached, or
-    'zarr', any replay-buffer zarr of the user's."""
+    """The demonstrations of the ``data`` section: 'pusht' human data, 'expert' episodes recorded once and cached,
+    'zarr', any replay-buffer zarr of the user's, or 'lerobot', a local LeRobotDataset (v3) folder."""
     from envs.replay_buffer import ReplayBuffer
 
-    keys = _buffer_keys(list(data["obs_keys"]), data["action_key"])
+    keys = _buffer_keys(data)
     source = data.get("source")
     if source == "pusht":
         from scidiff.data import data_path
@@ -53,9 +56,16 @@ def load_buffer(data: dict[str, Any], out_dir: str | Path):
     if source == "zarr":
         # Users' own demonstrations: any replay-buffer zarr (data/<key> arrays + meta/episode_ends), path as given.
         return ReplayBuffer.load(Path(str(data["path"])).expanduser(), keys=keys)
+    if source == "lerobot":
+        # A LeRobotDataset (v3) folder: its feature names are the keys, e.g. obs_keys=[observation.state],
+        # camera_keys=[observation.image]; only the named features (and their videos) are decoded.
+        from envs.lerobot_dataset import load_lerobot
+
+        return load_lerobot(Path(str(data["path"])).expanduser(), keys=keys)
     raise ValueError(
         f"data.source: unknown {source!r}; choose 'pusht' (human demonstrations under the data root), "
-        "'expert' (scripted, recorded once) or 'zarr' (your own replay-buffer zarr at data.path)"
+        "'expert' (scripted, recorded once), 'zarr' (your own replay-buffer zarr at data.path) or 'lerobot' (a "
+        "LeRobotDataset folder at data.path)"
     )
 
 
@@ -64,8 +74,10 @@ def trained_env(cfg: dict[str, Any]) -> str | None:
     return (cfg["policy"].get("eval") or {}).get("env") or cfg["data"].get("env")
 
 
-def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int) -> DiffusionPolicy:
-    """A DiffusionPolicy from the ``policy``, ``model`` (U-Net widths) and ``process`` sections, with its env."""
+def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int,
+                 cameras: dict[str, list[int]] | None = None) -> DiffusionPolicy:
+    """A DiffusionPolicy from the ``policy`` (with ``vision`` for camera policies), ``model`` (U-Net widths) and
+    ``process`` sections, with its env; ``cameras`` are the data's camera keys and frame shapes."""
     section = cfg["policy"]
     unknown = sorted(set(section) - set(_POLICY_FIELDS) - set(_DISTILL_FIELDS) - {"eval"})
     if unknown:
@@ -77,8 +89,10 @@ def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int) -> Diffusio
             raise ValueError(f"policy.teacher observes {student.obs_dim}-d and acts {student.action_dim}-d, the data "
                              f"gives {obs_dim}-d observations (data.obs_keys) and {action_dim}-d actions")
         return student
+    if section.get("vision") and not cameras:
+        raise ValueError("policy.vision configures camera encoders, but data.camera_keys names no camera")
     return DiffusionPolicy(obs_dim, action_dim, **{k: section[k] for k in _POLICY_FIELDS if k in section},
-                           **cfg["model"], process=cfg["process"], env_id=trained_env(cfg))
+                           **cfg["model"], process=cfg["process"], env_id=trained_env(cfg), cameras=cameras)
 
 
 def distillation_student(section: dict[str, Any]) -> DiffusionPolicy:
@@ -109,7 +123,7 @@ def validation_loss(policy: DiffusionPolicy, dataset: PolicyWindowDataset, batch
     n = min(len(dataset), max_windows)
     total = 0.0
     for start in range(0, n, batch_size):
-        batch = {k: v.to(device) for k, v in dataset.get_batch(np.arange(start, min(start + batch_size, n))).items()}
+        batch = move_to(dataset.get_batch(np.arange(start, min(start + batch_size, n))), device)
         noise = torch.Generator(device=device).manual_seed(seed + start)
         total += float(policy.compute_loss(batch, noise)) * len(batch["action"])
     return total / max(n, 1)
@@ -155,9 +169,10 @@ def train_from_config(cfg: dict[str, Any]):
         buffer, horizon=int(section["horizon"]), n_obs_steps=int(section["n_obs_steps"]),
         n_action_steps=int(section["n_action_steps"]), obs_keys=list(data["obs_keys"]), action_key=data["action_key"],
         val_ratio=float(data.get("val_ratio", 0.0)), max_train_episodes=data.get("max_train_episodes"),
-        seed=int(data.get("split_seed", 42)),
+        seed=int(data.get("split_seed", 42)), camera_keys=list(data.get("camera_keys") or ()),
     )
-    policy = build_policy(cfg, train_set.obs_dim, train_set.action_dim)
+    del buffer  # the windows hold what they read (a float copy of PushT's frames would stay alive otherwise)
+    policy = build_policy(cfg, train_set.obs_dim, train_set.action_dim, train_set.camera_shapes)
     if policy.objective != "consistency":  # a student keeps its teacher's normalisers
         rows = train_set.episode_rows()  # fitted on training episodes only: validation stays unseen
         policy.fit_normalizers(train_set.obs[rows], train_set.action[rows])
