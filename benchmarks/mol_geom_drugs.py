@@ -9,9 +9,20 @@ Two parts, every method on the same molecules:
 2. COV/AMR recall and precision against ``reference/geom_drugs_ref.sdf`` (locally built xTB-refined RDKit
    ensembles, not GEOM's CREST ones: not comparable digit for digit with published tables, and built from ETKDG +
    MMFF94 seeds, which favours that baseline): 2K conformers for a molecule with K references, heavy-atom
-   ``GetBestRMS``, headline delta 0.75 A, mean and median over molecules, with the delta sweep in the JSON.
+   ``GetBestRMS``, headline delta 0.75 A, mean and median over molecules, with the delta sweep in the JSON
+   (--coverage-limit: the first N molecules of it);
+3. with --torsion-validation DIR: the same coverage on the held-out split of ``scidiff mol build torsion-pairs``
+   (MMFF94 ensembles built here, labelled so).
+
+Methods are the pipeline's generators, plus ``scidiff_torsional`` (``scidiff`` with --torsion-checkpoint: torsional
+diffusion on ETKDG + MMFF94 local structures, then the refiner) and ``etkdg_mmff_10x_clustered`` (ETKDG + MMFF94 with
+10x the conformers, clustered down by k-centre on heavy-atom RMSD; ``evaluate.clustered_generator``).
 
     OMP_NUM_THREADS=1 python benchmarks/mol_geom_drugs.py --limit 200 --json runs/eval/drugs200.json
+    OMP_NUM_THREADS=1 python benchmarks/mol_geom_drugs.py --no-validity --coverage-limit 12 \
+        --methods scidiff_torsional etkdg etkdg_mmff etkdg_mmff_10x_clustered \
+        --torsion-checkpoint runs/mol_torsion/model.safetensors --torsion-validation runs/data/torsion_pairs/validation \
+        --json runs/eval/torsional.json
 """
 
 from __future__ import annotations
@@ -25,10 +36,39 @@ import time
 import torch
 
 from scidiff.data import data_path
-from scidiff.mol.evaluate import DELTAS_DRUGS, compare_table, evaluate_method, load_reference_set, save_results
+from scidiff.mol.evaluate import (DELTAS_DRUGS, clustered_generator, compare_table, evaluate_method,
+                                  load_reference_set, save_results)
 from scidiff.mol.pipeline import get_generator
 
 DRUGS_TEST = "geom/DRUGS_test_smiles_corrected.csv"
+OVERSAMPLE = 10  # etkdg_mmff_10x_clustered: conformers generated per conformer kept
+
+
+def generator(method: str, torsion_checkpoint: str | None):
+    """(generate_fn, options) of a benchmark method name."""
+    if method == "scidiff_torsional":
+        if torsion_checkpoint is None:
+            raise SystemExit("scidiff_torsional needs --torsion-checkpoint (a `scidiff train experiment=mol_torsion` run)")
+        return get_generator("scidiff"), {"torsion_checkpoint": torsion_checkpoint}
+    if method == f"etkdg_mmff_{OVERSAMPLE}x_clustered":
+        return clustered_generator(get_generator("etkdg_mmff"), OVERSAMPLE), {}
+    return get_generator(method), {}
+
+
+def coverage_part(ref: dict, methods: list[str], args: argparse.Namespace) -> list[dict]:
+    """COV/AMR with 2K conformers for K references, every method on the same molecules."""
+    counts = [2 * r.GetNumConformers() for r in ref["references"]]
+    print(f"{len(ref['inputs'])} molecules of {ref['label']}, {sum(counts) // 2} references, 2K conformers each",
+          flush=True)
+    results = []
+    for method in methods:
+        fn, options = generator(method, args.torsion_checkpoint)
+        result = evaluate_method(method, fn, ref["inputs"], counts, seed=args.seed, references=ref["references"],
+                                 deltas=DELTAS_DRUGS, posebusters=False, skipped=ref["skipped"], **options)
+        results.append(result)
+        print(compare_table([result]).splitlines()[-1], flush=True)
+    print(compare_table(results), flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strain-limit", type=int, default=40, help="molecules scored for xTB strain (first N)")
     parser.add_argument("--strain-conformers", type=int, default=1, help="conformers per molecule for strain")
     parser.add_argument("--strain-steps", type=int, default=60, help="GFN2-xTB L-BFGS steps of the relaxation")
+    parser.add_argument("--no-validity", action="store_true", help="skip part 1")
     parser.add_argument("--no-coverage", action="store_true", help="skip part 2")
+    parser.add_argument("--coverage-limit", type=int, default=None, help="first N molecules of the reference set")
+    parser.add_argument("--torsion-checkpoint", default=None, help="torsion model of method scidiff_torsional")
+    parser.add_argument("--torsion-validation", default=None,
+                        help="part 3: a held-out torsion-pairs folder (scidiff mol build torsion-pairs --validation)")
+    parser.add_argument("--validation-limit", type=int, default=None, help="first N molecules of part 3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -47,37 +93,37 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     drugs = load_reference_set(str(data_path(DRUGS_TEST)), limit=args.limit, smiles_column="corrected_smiles")
-    print(f"part 1: {len(drugs['inputs'])} of the first {args.limit} DRUGS test molecules "
-          f"({len(drugs['skipped'])} skipped), n={args.num_conformers}", flush=True)
+    if not args.no_validity:
+        print(f"part 1: {len(drugs['inputs'])} of the first {args.limit} DRUGS test molecules "
+              f"({len(drugs['skipped'])} skipped), n={args.num_conformers}", flush=True)
     validity = []
-    for method in args.methods:
-        result = evaluate_method(method, get_generator(method), drugs["inputs"], args.num_conformers, seed=args.seed,
+    for method in [] if args.no_validity else args.methods:
+        fn, options = generator(method, args.torsion_checkpoint)
+        result = evaluate_method(method, fn, drugs["inputs"], args.num_conformers, seed=args.seed,
                                  strain_steps=args.strain_steps, strain_limit=args.strain_limit,
-                                 strain_conformers=args.strain_conformers, skipped=drugs["skipped"])
+                                 strain_conformers=args.strain_conformers, skipped=drugs["skipped"], **options)
         result["summary"]["xTB strain mean"] = result["xtb_strain"]["mean"]
         result["summary"]["strain confs"] = result["xtb_strain"]["n_conformers"]
         validity.append(result)
         print(compare_table([result]).splitlines()[-1], flush=True)
-    print(compare_table(validity), flush=True)
+    if validity:
+        print(compare_table(validity), flush=True)
 
-    coverage = []
+    coverage, held_out = [], []
     if not args.no_coverage:
-        ref = load_reference_set("geom-drugs")
-        counts = [2 * r.GetNumConformers() for r in ref["references"]]
-        print(f"part 2: {len(ref['inputs'])} molecules of {ref['label']}, {sum(counts) // 2} references, "
-              f"2K conformers each", flush=True)
-        for method in args.methods:
-            result = evaluate_method(method, get_generator(method), ref["inputs"], counts, seed=args.seed,
-                                     references=ref["references"], deltas=DELTAS_DRUGS, posebusters=False,
-                                     skipped=ref["skipped"])
-            coverage.append(result)
-            print(compare_table([result]).splitlines()[-1], flush=True)
-        print(compare_table(coverage), flush=True)
+        print("part 2:", end=" ")
+        coverage = coverage_part(load_reference_set("geom-drugs", limit=args.coverage_limit), args.methods, args)
+    if args.torsion_validation:
+        from scidiff.mol.torsion_data import reference_set
+
+        print("part 3:", end=" ")
+        held_out = coverage_part(reference_set(args.torsion_validation, args.validation_limit), args.methods, args)
     wall = time.perf_counter() - start
     print(f"total {wall:.0f} s; {platform.processor() or platform.machine()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     if args.json:
-        save_results(args.json, {"argv": sys.argv[1:], "wall_s": wall, "validity": validity, "coverage": coverage})
+        save_results(args.json, {"argv": sys.argv[1:], "wall_s": wall, "validity": validity, "coverage": coverage,
+                                 "held_out_coverage": held_out})
     return 0
 
 

@@ -9,6 +9,10 @@ seed. gym-pusht needs pymunk < 7, so run it in a second venv:
     python3 -m venv /tmp/venv-pm6 && /tmp/venv-pm6/bin/pip install torch==2.13.0 "pymunk<7" gym-pusht -e .
     OMP_NUM_THREADS=1 /tmp/venv-pm6/bin/python benchmarks/policy_lerobot_protocol.py                # bundled policy
     OMP_NUM_THREADS=1 /tmp/venv-pm6/bin/python benchmarks/policy_lerobot_protocol.py --checkpoint S --sampler consistency --steps 1
+    OMP_NUM_THREADS=1 /tmp/venv-pm6/bin/python benchmarks/policy_lerobot_protocol.py \
+        --checkpoint scidiff/policy/weights/pusht_image.safetensors          # camera policy: pixels_agent_pos in both
+
+A camera policy sees gym-pusht's pixels_agent_pos observations and scidiff's PushT-pixels-v0.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from scidiff.core import SamplerSpec
 from scidiff.policy import load_policy
-from scidiff.policy.cli import BUNDLED_WEIGHTS
+from scidiff.policy.cli import BUNDLED_WEIGHTS, PIXELS_ENV
 from scidiff.policy.rollout import make_env, rollout, summarize
 
 GYM_PUSHT = "gym_pusht/PushT-v0"
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seed, args.seed + args.episodes))
     states = gym_pusht_initial_states(seeds)
     rows = {}
-    for env_id, options in ((GYM_PUSHT, None), (SCIDIFF_PUSHT, lambda s: {"reset_to_state": states[s]})):
+    scidiff_env = PIXELS_ENV if policy.cameras else SCIDIFF_PUSHT
+    for env_id, options in ((GYM_PUSHT, None), (scidiff_env, lambda s: {"reset_to_state": states[s]})):
         start = time.perf_counter()
         results, latencies, _ = rollout(policy, env_id, episodes=args.episodes, seed=args.seed, sampler=spec,
                                         num_envs=args.num_envs, reset_options=options, progress=False)

@@ -14,7 +14,7 @@ TRAINERS = {
     "toy": "scidiff.toy:train_from_config",
     "policy": "scidiff.policy.train:train_from_config",
     "mol": "scidiff.mol.train:train_from_config",
-    "mol_torsion": "scidiff.mol.torsion_model:train_from_config",
+    "mol_torsion": "scidiff.mol.torsion_train:train_from_config",
 }
 
 

@@ -42,6 +42,7 @@ from .samplers import (
 from .torus import (
     TORUS_SAMPLERS,
     TorusProcess,
+    check_torus_sampler,
     score_denoiser,
     score_norm,
     torus_score_loss,
@@ -59,5 +60,5 @@ __all__ = [
     "polynomial_alphas_cumprod", "SAMPLERS", "Pin", "SampleResult", "check_sampler", "sample", "sample_consistency", "sample_ddim",
     "sample_ddpm", "sample_dpmpp_2m", "sample_euler", "sample_heun",
     "TORUS_SAMPLERS", "TorusProcess", "score_denoiser", "score_norm", "torus_score_loss", "wrap", "wrapped_normal_log_prob",
-    "wrapped_normal_score",
+    "wrapped_normal_score", "check_torus_sampler",
 ]

@@ -19,6 +19,7 @@ from .process import (
     polynomial_alphas_cumprod,
 )
 from .samplers import SAMPLERS, check_sampler
+from .torus import TORUS_PREDICTION, TORUS_WEIGHTING, TorusProcess, check_torus_sampler
 
 __all__ = ["build_diffusion", "build_process", "build_sampler", "compose", "compose_checked", "check_value_types",
            "config_dir", "to_container"]
@@ -64,7 +65,11 @@ def build_process(cfg: Mapping[str, Any]) -> NoiseProcess:
     if name == "flow":
         _check_fields(cfg, common | {"t_sampling", "shift"}, "process")
         return Flow(t_sampling=cfg.get("t_sampling", "uniform"), shift=float(cfg.get("shift", 1.0)))
-    raise ValueError(f"process.name: unknown process {name!r}; choose vp, edm or flow")
+    if name == "torus":
+        keys = {"sigma_min", "sigma_max"}
+        _check_fields(cfg, {"name", "prediction", "weighting"} | keys, "process")
+        return TorusProcess(**{k: float(cfg[k]) for k in keys if k in cfg})
+    raise ValueError(f"process.name: unknown process {name!r}; choose vp, edm, flow or torus")
 
 
 def build_diffusion(cfg: Mapping[str, Any]) -> Diffusion:
@@ -72,6 +77,13 @@ def build_diffusion(cfg: Mapping[str, Any]) -> Diffusion:
     process = build_process(cfg)
     prediction = cfg.get("prediction", "epsilon")
     weighting = cfg.get("weighting", "none")
+    if isinstance(process, TorusProcess):  # a score model with Jing et al.'s loss: no other parameterisation here
+        prediction, weighting = cfg.get("prediction", TORUS_PREDICTION), cfg.get("weighting", TORUS_WEIGHTING)
+        if (prediction, weighting) != (TORUS_PREDICTION, TORUS_WEIGHTING):
+            raise ValueError(f"process.prediction/weighting: the torus process trains a score model with score_norm "
+                             f"weighting (prediction: {TORUS_PREDICTION}, weighting: {TORUS_WEIGHTING}), got "
+                             f"{prediction!r}, {weighting!r}")
+        return Diffusion(process, prediction, weighting)
     try:
         check_prediction(process, prediction, weighting)
     except ValueError as err:  # name the config section, not just the concept
@@ -79,11 +91,14 @@ def build_diffusion(cfg: Mapping[str, Any]) -> Diffusion:
     return Diffusion(process, prediction, weighting, float(cfg.get("min_snr_gamma", 5.0)))
 
 
-def build_sampler(cfg: Mapping[str, Any]) -> SamplerSpec:
-    """A sampler from the ``sampler`` section; unknown names, steps < 1 and foreign options name the field."""
+def build_sampler(cfg: Mapping[str, Any], process: NoiseProcess | None = None) -> SamplerSpec:
+    """A sampler from the ``sampler`` section; unknown names, steps < 1 and foreign options name the field, and so does
+    a sampler that cannot run on ``process`` (on the torus only ``TORUS_SAMPLERS`` are wrap-safe)."""
     name = _require(cfg, "name", "sampler")
     steps = _require(cfg, "steps", "sampler")
     check_sampler(name, steps)
+    if isinstance(process, TorusProcess):
+        check_torus_sampler(name)
     params = inspect.signature(SAMPLERS[name]).parameters
     allowed = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY} - _HOOKS
     options = {k: v for k, v in cfg.items() if k not in ("name", "steps")}

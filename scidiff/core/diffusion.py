@@ -11,13 +11,19 @@ from .loss import consistency_distillation_loss, diffusion_loss
 from .prediction import Denoiser, Network, x0_denoiser
 from .process import NoiseProcess
 from .samplers import SampleResult, check_sampler, sample
+from .torus import TORUS_PREDICTION, TorusProcess, check_torus_sampler, score_denoiser, torus_score_loss, wrap
 
 __all__ = ["Diffusion", "SamplerSpec"]
 
 
 @dataclass(frozen=True)
 class Diffusion:
-    """A noise process with the network's parameterisation and the loss weighting."""
+    """A noise process with the network's parameterisation and the loss weighting.
+
+    On the torus (``TorusProcess``, prediction 'score') the network is a score model ``net(x_t, sigma)`` of wrapped
+    angles: the loss is ``torus_score_loss``, the sampler's denoiser ``score_denoiser`` and samples are wrapped to
+    (-pi, pi] after every step (the samplers' ``project`` hook) unless another projection is given.
+    """
 
     process: NoiseProcess
     prediction: str
@@ -25,7 +31,10 @@ class Diffusion:
     min_snr_gamma: float = 5.0
 
     def loss(self, net: Network, x0: Tensor, **kwargs: Any) -> Tensor:
-        """The denoising loss of ``net`` on clean ``x0``; kwargs go to diffusion_loss (generator=, batch=, ...)."""
+        """The denoising loss of ``net`` on clean ``x0``; kwargs go to diffusion_loss (generator=, batch=, ...), or to
+        torus_score_loss on the torus (generator=, batch=, num_graphs=, loss_mask=)."""
+        if self.prediction == TORUS_PREDICTION:
+            return torus_score_loss(net, x0, self.process, **kwargs)
         return diffusion_loss(net, x0, self.process, self.prediction, self.weighting,
                               min_snr_gamma=self.min_snr_gamma, **kwargs)
 
@@ -35,12 +44,17 @@ class Diffusion:
         return consistency_distillation_loss(self.denoiser(net), teacher, x0, self.process, steps, **kwargs)
 
     def denoiser(self, net: Network, clip: float | None = None) -> Denoiser:
-        """The sampler's (x_t, t) -> x0 estimate of ``net``, optionally clipped to [-clip, clip]."""
+        """The sampler's (x_t, t) -> x0 estimate of ``net``, optionally clipped to [-clip, clip] (not on the torus)."""
+        if self.prediction == TORUS_PREDICTION:
+            return score_denoiser(net, self.process)
         return x0_denoiser(net, self.process, self.prediction, clip=clip)
 
     def sample(self, net: Network, shape: tuple[int, ...], sampler: SamplerSpec, *, clip: float | None = None,
                **kwargs: Any) -> SampleResult:
         """Samples of ``net``'s model drawn with ``sampler``; kwargs go to the sampler (generator, device, pin, ...)."""
+        if isinstance(self.process, TorusProcess):
+            check_torus_sampler(sampler.name)
+            kwargs.setdefault("project", wrap)
         return sampler.run(self.denoiser(net, clip), shape, self.process, **kwargs)
 
 

@@ -21,6 +21,17 @@ def _masked_mean(err: Tensor, loss_mask: Tensor | None) -> Tensor:
     return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def train_times(process, x0: Tensor, generator: torch.Generator | None, batch: Tensor | None = None,
+                num_graphs: int | None = None, caller: str = "loss") -> Tensor:
+    """Training times for the rows of x0: one per row, or with ``batch`` (row -> graph index) one per graph that
+    all its rows carry."""
+    if batch is None:
+        return process.sample_train_t(x0.shape[0], generator=generator, device=x0.device)
+    if num_graphs is None:
+        raise ValueError(f"{caller}: num_graphs is required with a batch index")
+    return process.sample_train_t(num_graphs, generator=generator, device=x0.device)[batch]
+
+
 def diffusion_loss(
     net: Network,
     x0: Tensor,
@@ -47,12 +58,7 @@ def diffusion_loss(
     force-field conformers to DFT ones, trained on (seed, target) pairs); ``source_noise`` adds that much Gaussian noise to it, so the model
     also sees sources a little off the seed distribution.
     """
-    if batch is None:
-        t = process.sample_train_t(x0.shape[0], generator=generator, device=x0.device)
-    else:
-        if num_graphs is None:
-            raise ValueError("diffusion_loss: num_graphs is required with a batch index")
-        t = process.sample_train_t(num_graphs, generator=generator, device=x0.device)[batch]
+    t = train_times(process, x0, generator, batch, num_graphs, "diffusion_loss")
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if source is not None:
         if source.shape != x0.shape:

@@ -19,11 +19,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .loss import _masked_mean
+from .loss import _masked_mean, train_times
 from .prediction import Denoiser, append_dims
 from .process import EDM
 
-__all__ = ["TORUS_SAMPLERS", "TORUS_PREDICTION", "TORUS_WEIGHTING", "check_torus_sampler", "ScoreModel", "wrap", "wrapped_normal_log_prob", "wrapped_normal_score", "score_norm",
+__all__ = ["TORUS_SAMPLERS", "TORUS_PREDICTION", "TORUS_WEIGHTING", "check_torus_sampler", "ScoreModel", "wrap",
+           "wrapped_normal_log_prob", "wrapped_normal_score", "score_norm",
            "TorusProcess", "score_denoiser", "torus_score_loss"]
 
 TWO_PI = 2 * math.pi
@@ -166,12 +167,7 @@ def torus_score_loss(
     Rows of x0 are angles (dense rows, or torsions of a graph batch); with ``batch`` (row -> graph index) and
     ``num_graphs`` one sigma is drawn per graph, as in Jing et al. where a molecule's torsions share one noise level.
     """
-    if batch is None:
-        t = process.sample_train_t(x0.shape[0], generator=generator, device=x0.device)
-    else:
-        if num_graphs is None:
-            raise ValueError("torus_score_loss: num_graphs is required with a batch index")
-        t = process.sample_train_t(num_graphs, generator=generator, device=x0.device)[batch]
+    t = train_times(process, x0, generator, batch, num_graphs, "torus_score_loss")
     sigma = process.sigma(t)
     noise = append_dims(sigma, x0.ndim) * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
     x_t = wrap(x0.to(torch.float64) + noise)

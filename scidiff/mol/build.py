@@ -32,6 +32,7 @@ from scidiff.data import data_path
 from .chem import Built, Failure, MoleculeError, mol_from_smiles, mol_from_xyz
 from .forcefield import etkdg_conformers
 from .io import ConformerRecord, iter_smiles_rows, read_qm9pack, read_qm9pack_smiles, write_conformers
+from .align import aligned_rmsd, kabsch, superpose  # re-exported: build's API before they moved down the stack
 from .stereo import check_stereo, stereo_signature
 
 __all__ = ["embed_conformers", "build_conformers", "canonical_nostereo", "read_smiles_file", "largest_fragment",
@@ -386,26 +387,6 @@ def qm9_pair_ids(limit: int | None = None, validation: int = 300, seed: int = 0)
     dropped["validation"] = len(chosen)
     dropped["validation_key"] = len(clean) - len(chosen) - len(training)
     return training[:limit], chosen, dropped
-
-
-def kabsch(P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation R and translation t minimising |P R^T + t - Q|^2 over proper rotations (Kabsch 1976)."""
-    p, q = P.mean(axis=0), Q.mean(axis=0)
-    u, _, vt = np.linalg.svd((P - p).T @ (Q - q))
-    d = 1.0 if np.linalg.det(vt.T @ u.T) >= 0 else -1.0  # never a reflection: it would invert every stereocentre
-    R = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return R, q - p @ R.T
-
-
-def superpose(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """P rigidly moved onto Q (Kabsch 1976)."""
-    R, t = kabsch(P, Q)
-    return P @ R.T + t
-
-
-def aligned_rmsd(P: np.ndarray, Q: np.ndarray) -> float:
-    """RMSD between P and Q after superposing P onto Q (Kabsch 1976)."""
-    return float(np.sqrt(np.mean(np.sum((superpose(P, Q) - Q) ** 2, axis=1))))
 
 
 def automorphisms(mol: Chem.Mol, hydrogens: bool = False, max_matches: int = 10_000) -> np.ndarray:

@@ -26,6 +26,7 @@ from .shards import generate_shards
 __all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
 
 PAIRS = "qm9-pairs"  # the build source of refinement pairs (not a SMILES list)
+TORSION_PAIRS = "torsion-pairs"  # the build source of torsional-diffusion examples (drug-like list or SMILES files)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -38,16 +39,28 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "'qm9-pairs' builds refinement pairs instead: for all of QM9 (the qm9pack package) minus the "
                     "reserved ids and the GEOM-QM9 test molecules, ETKDG + MMFF94 seeds each with its DFT geometry "
                     "aligned under a symmetry-aware atom mapping; validation ids go to OUT/validation_ids.txt. "
+                    "'torsion-pairs' [SMILES files] builds torsional-diffusion examples: for drug-like molecules "
+                    "with rotatable bonds (default the drug-like list; GEOM-DRUGS test molecules always removed) an "
+                    "MMFF94 ensemble (seeds -> energy window -> RMSD de-duplication) and per reference conformer an "
+                    "ETKDG local structure with its torsions matched to it, into OUT/train and OUT/validation. "
                     "Rerunning the same command skips finished shards. Train on it with data.sdf=[OUT].",
     )
-    build.add_argument("source", nargs="+", help=f"{', '.join(map(repr, SOURCES))} or SMILES files; or {PAIRS!r} alone")
+    build.add_argument("source", nargs="+", help=f"{', '.join(map(repr, SOURCES))} or SMILES files; or {PAIRS!r} alone; "
+                                                 f"or {TORSION_PAIRS!r} [SMILES files]")
     build.add_argument("--out", type=Path, required=True, help="output folder (shard_XXXXX.sdf, items.tsv, skip lists)")
-    build.add_argument("--conformers", type=int, default=5, help="conformers (qm9-pairs: seeds) per molecule (default 5)")
+    build.add_argument("--conformers", type=int, default=None,
+                       help="conformers (qm9-pairs: seeds; torsion-pairs: ETKDG seeds of the ensemble) per molecule "
+                            "(default 5; torsion-pairs 30)")
     build.add_argument("--limit", type=int, default=None, help="only the first N molecules (after exclusions)")
     build.add_argument("--shard-size", type=int, default=256, help="molecules per shard (default 256)")
     build.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
     build.add_argument("--seed", type=int, default=0, help="ETKDG seed (default 0)")
     build.add_argument("--no-mmff", action="store_true", help="keep ETKDG geometries without MMFF94 minimisation")
+    torsion = build.add_argument_group("torsion-pairs")
+    torsion.add_argument("--validation", type=int, default=0, help="molecules held out into OUT/validation")
+    torsion.add_argument("--energy-window", type=float, default=6.0, help="kcal/mol above the MMFF94 minimum")
+    torsion.add_argument("--dedup-rmsd", type=float, default=0.5, help="heavy-atom RMSD (Å) below which conformers are duplicates")
+    torsion.add_argument("--max-references", type=int, default=10, help="reference conformers per molecule at most")
     build.set_defaults(mol_run=_run_build)
     add_generate_command(subparsers)
     add_evaluate_command(subparsers)
@@ -76,6 +89,10 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--batch-size", type=int, default=32, help="molecules per generator call (default 32)")
     p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu, cuda")
     p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff (default: the bundled ones)")
+    p.add_argument("--torsion-checkpoint", default=None, metavar="MODEL.safetensors",
+                   help="--method scidiff with torsional diffusion: for molecules with rotatable bonds, sample the "
+                        "torsions of ETKDG + MMFF94 local structures with this torsion model (scidiff train "
+                        "experiment=mol_torsion) before refinement; each record's method_used says which path made it")
     p.add_argument("--relax", choices=RELAXATIONS, default="none", help="post-relaxation (default none)")
     p.add_argument("--core", default=None, metavar="REF.sdf",
                    help="hold a shared scaffold: atoms matching the heavy atoms of REF.sdf's first molecule keep its "
@@ -118,7 +135,7 @@ def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
                     sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint,
-                    core=args.core, unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"))
+                    torsion_checkpoint=getattr(args, "torsion_checkpoint", None), core=args.core, unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"))
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -144,6 +161,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model only; default: the model run's)")
     p.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
     p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff")
+    p.add_argument("--torsion-checkpoint", default=None, help="torsion model for --method scidiff (see generate)")
     p.add_argument("--no-posebusters", action="store_true", help="skip the PoseBusters checks")
     p.add_argument("--strain-steps", type=int, default=0, help="GFN2-xTB relaxation steps for strain (0: off; slow)")
     p.add_argument("--json", type=Path, default=None, help="write every result (per molecule too) here")
@@ -193,7 +211,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             else args.num_conformers
     else:
         counts = args.num_conformers or 5
-    options = {k: v for k in ("sampler", "steps", "device", "checkpoint") if (v := getattr(args, k)) is not None}
+    options = {k: v for k in ("sampler", "steps", "device", "checkpoint", "torsion_checkpoint")
+               if (v := getattr(args, k, None)) is not None}
     runs = [(m, get_generator(m)) for m in args.method] + [(str(p), file_generator(p)) for p in args.generated]
     results = []
     for name, fn in runs:
@@ -230,8 +249,13 @@ def _items(sources: list[str], limit: int | None) -> list[tuple[str, str]]:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    for option, value in (("--conformers", args.conformers), ("--shard-size", args.shard_size)):
+    torsions = args.source[0] == TORSION_PAIRS
+    if args.conformers is None:
+        args.conformers = 30 if torsions else 5
+    for option, value in (("--conformers", args.conformers), ("--shard-size", args.shard_size),
+                          ("--max-references", args.max_references)):
         check_int(option, value, 1)
+    check_int("--validation", args.validation, 0)
     check_int("--limit", args.limit, 1, optional=True)
     check_int("--processes", args.processes, 1, optional=True)
     check_output(args.out, "--out", folder=True)
@@ -243,6 +267,24 @@ def _run_build(args: argparse.Namespace) -> int:
             return 2
         report, _, _ = build_qm9_pairs(args.out, num_conformers=args.conformers, limit=args.limit,
                                        shard_size=args.shard_size, seed=args.seed, processes=args.processes)
+    elif torsions or TORSION_PAIRS in args.source:
+        if not torsions or args.no_mmff or any(s in SOURCES or s == PAIRS for s in args.source[1:]):
+            print(f"scidiff: error: {TORSION_PAIRS} comes first, followed only by SMILES files (none: the drug-like "
+                  "list), and always uses MMFF94 (no --no-mmff)", file=sys.stderr)
+            return 2
+        from .torsion_data import build_torsion_pairs
+
+        files = args.source[1:]
+        reports, _ = build_torsion_pairs(
+            args.out, items=[i for f in files for i in read_smiles_file(f)] if files else None, limit=args.limit,
+            validation=args.validation, num_conformers=args.conformers, energy_window=args.energy_window,
+            dedup_rmsd=args.dedup_rmsd, max_references=args.max_references, shard_size=args.shard_size,
+            seed=args.seed, processes=args.processes)
+        for split, report in reports.items():
+            print(f"{args.out / split}: {report.written} shards written, {report.reused} already done; this run: "
+                  f"{report.molecules} molecules, {report.conformers} conformers, {report.skipped} skipped "
+                  f"(reasons in shard_*.skipped.tsv)")
+        return 0
     else:
         report = build_shards(_items(args.source, args.limit), args.out, num_conformers=args.conformers,
                               shard_size=args.shard_size, seed=args.seed, mmff=not args.no_mmff, processes=args.processes)

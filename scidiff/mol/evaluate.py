@@ -31,6 +31,7 @@ from .pipeline import GenerateFn, run_generator
 from .stereo import check_conformers
 
 __all__ = [
+    "clustered_generator",
     "DELTAS_QM9",
     "DELTAS_DRUGS",
     "REFERENCE_SETS",
@@ -328,6 +329,43 @@ def load_reference_set(reference: str, limit: int | None = None, smiles_column: 
             skipped.append(Failure(name, str(exc)))
     return {"inputs": inputs, "references": kept, "deltas": deltas, "skipped": skipped,
             "label": f"{path.name} (xTB-refined RDKit ensembles, not GEOM/CREST)"}
+
+
+def clustered_generator(generate_fn: GenerateFn, factor: int = 10) -> GenerateFn:
+    """``generate_fn`` asked for ``factor`` x n conformers, clustered down to n: k-centre clustering by farthest-point
+    selection (Gonzalez 1985) on heavy-atom aligned RMSD (RDKit's GetConformerRMSMatrix, not symmetry-aware: it is
+    ~100 x cheaper than GetBestRMS and only picks the centres), started at the lowest ``mmff_energy`` conformer (the
+    first when there is none). The "oversample, then prune" baseline of conformer benchmarks."""
+    from rdkit.Chem import AllChem
+
+    def generate(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **options: Any) -> list[Chem.Mol]:
+        out = []
+        for mol in generate_fn(mols, factor * n, seed, **options):
+            confs = list(mol.GetConformers())
+            if len(confs) <= n:
+                out.append(mol)
+                continue
+            heavy = _heavy(mol)
+            condensed = AllChem.GetConformerRMSMatrix(heavy, prealigned=False)  # aligns the copy's conformers only
+            size = len(confs)
+            matrix = np.zeros((size, size))
+            matrix[np.tril_indices(size, -1)] = condensed
+            matrix = matrix + matrix.T
+            energies = [c.GetDoubleProp("mmff_energy") if c.HasProp("mmff_energy") else 0.0 for c in confs]
+            chosen = [int(np.argmin(energies))]
+            nearest = matrix[chosen[0]].copy()
+            while len(chosen) < n:
+                chosen.append(int(np.argmax(nearest)))
+                nearest = np.minimum(nearest, matrix[chosen[-1]])
+            keep = {confs[i].GetId() for i in chosen}
+            for conf in confs:
+                if conf.GetId() not in keep:
+                    mol.RemoveConformer(conf.GetId())
+            out.append(mol)
+        return out
+
+    generate.__doc__ = f"{factor} x n conformers, clustered to n (k-centre on heavy-atom RMSD)"
+    return generate
 
 
 def file_generator(path: Path) -> GenerateFn:

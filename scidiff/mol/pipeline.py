@@ -106,14 +106,19 @@ def etkdg_mmff_xtb_generator(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(checkpoint: str | None, device: str, bundled: str):
-    """Load a conformer model once per (weights, device): the bundled ``bundled`` weights unless a checkpoint is given."""
+def _cached_model(checkpoint: str | None, device: str, bundled: str | None, torsional: bool = False):
+    """Load a conformer model once per (weights, device): the bundled ``bundled`` weights unless a checkpoint is given;
+    ``torsional``: a torsion score model (``scidiff train experiment=mol_torsion``), never bundled."""
     from .generate import bundled_weights, load_model
 
     try:
+        if torsional:
+            from .torsion_generate import load_torsion_model
+
+            return load_torsion_model(checkpoint, device)
         return load_model(checkpoint or bundled_weights(bundled), device)
     except (FileNotFoundError, ValueError) as err:  # missing, truncated or foreign weights: the whole run cannot go on
-        raise GenerationUnavailable(str(err)) from None
+        raise GenerationUnavailable(f"{'--torsion-checkpoint: ' if torsional else ''}{err}") from None
 
 
 def _label(mols: list[Chem.Mol], **props: Any) -> list[Chem.Mol]:
@@ -133,7 +138,7 @@ def _model_generator(bundled: str) -> GenerateFn:
 
     def generate_fn(mols: Sequence[Chem.Mol], n: int, seed: int = 0, *, sampler: str | None = None,
                     steps: int | None = None, device: str | None = None, checkpoint: str | None = None,
-                    core: str | None = None, **_: Any) -> list[Chem.Mol]:
+                    core: str | None = None, torsion_checkpoint: str | None = None, **_: Any) -> list[Chem.Mol]:
         from .generate import generate_conformers, refine_conformers
 
         model = _cached_model(checkpoint, device or "cpu", bundled)
@@ -146,7 +151,13 @@ def _model_generator(bundled: str) -> GenerateFn:
             if core is not None:
                 raise GenerationUnavailable("--core needs seeds to hold the core in: use a refiner or etkdg, etkdg_mmff")
             return _label(generate_conformers(mols, model.net, model.diffusion, spec, n, seed), **made_by)
-        seeds = _label(get_generator(model.seeds)(mols, n, seed, core=core), seed_method=model.seeds)
+        if torsion_checkpoint is not None:
+            if core is not None:
+                raise GenerationUnavailable("--core cannot be combined with --torsion-checkpoint: torsional sampling "
+                                            "would move the held core; leave one of them out")
+            seeds = _torsional_seeds(mols, n, seed, torsion_checkpoint, device or "cpu", model.seeds)
+        else:
+            seeds = _label(get_generator(model.seeds)(mols, n, seed, core=core), seed_method=model.seeds)
         unembedded = [i for i, mol in enumerate(seeds) if mol.GetNumConformers() == 0 and core is None]
         # Strained cages get random-coordinate seeds inside etkdg_embed (conformer property ``embedding``); only a
         # molecule that no embedding path can place at all is seeded by the de novo model, the last resort.
@@ -159,6 +170,27 @@ def _model_generator(bundled: str) -> GenerateFn:
 
     generate_fn.__doc__ = f"The trained scidiff model (bundled: {bundled}), with its run's sampler unless overridden."
     return generate_fn
+
+
+def _torsional_seeds(mols: Sequence[Chem.Mol], n: int, seed: int, torsion_checkpoint: str, device: str,
+                     refiner_seeds: str) -> list[Chem.Mol]:
+    """The refiner's seeds with torsional diffusion (Jing et al. 2022): ETKDG + MMFF94 local structures whose rotatable
+    bonds' torsions the torsion model samples; molecules without rotatable bonds keep their ETKDG + MMFF94 conformers,
+    the refiner's usual seeds. Every conformer's ``method_used`` property says which path made it."""
+    from .torsion_generate import torsional_conformers
+
+    torsion = _cached_model(torsion_checkpoint, device, None, torsional=True)
+    if torsion.seeds != refiner_seeds:
+        raise GenerationUnavailable(f"--torsion-checkpoint {torsion_checkpoint}: its local structures come from "
+                                    f"{torsion.seeds!r}, the refiner's seeds from {refiner_seeds!r}; they must agree")
+    seeds = torsional_conformers(mols, torsion, n, seed)
+    for mol in seeds:
+        for conf in mol.GetConformers():
+            sampled = conf.GetIntProp("torsional")
+            conf.SetProp("seed_method", f"{refiner_seeds}+torsional" if sampled else refiner_seeds)
+            conf.SetProp("method_used", "scidiff_torsional" if sampled else "scidiff_refine")
+            conf.SetProp("torsion_weights", torsion_checkpoint)
+    return seeds
 
 
 # The bundled refiner: ETKDG + MMFF94 seeds moved towards DFT geometries (trained on QM9 pairs).

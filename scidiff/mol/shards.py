@@ -51,7 +51,7 @@ FINGERPRINT_BYTES = 1 << 20  # hashed at each end of the input: an edited or app
 # setting -> how the user gives it, for the refusal message
 OPTIONS = {"method": "--method", "n": "-n/--num-conformers", "seed": "--seed", "batch_size": "--batch-size",
            "relax": "--relax", "max_resample": "--max-resample", "sampler": "--sampler", "steps": "--steps",
-           "checkpoint": "--checkpoint", "core": "--core", "unassigned_stereo": "--unassigned-stereo",
+           "checkpoint": "--checkpoint", "torsion_checkpoint": "--torsion-checkpoint", "core": "--core", "unassigned_stereo": "--unassigned-stereo",
            "smiles_column": "--smiles-column", "id_column": "--id-column", "shard_size": "--shard-size",
            "input": "the input", "input_bytes": "the input's size", "input_sha256_ends": "the input's content"}
 
@@ -81,7 +81,9 @@ def run_settings(source: str | Path, shard_size: int, method: str, n: int, seed:
     """What a rerun must repeat to continue a run (the device is left out: it may change between runs)."""
     return {"method": method, "n": n, "seed": seed, "batch_size": batch_size, "relax": relax,
             "max_resample": max_resample, "unassigned_stereo": unassigned_stereo, "smiles_column": smiles_column,
-            "id_column": id_column, **{k: options.get(k) for k in ("sampler", "steps", "checkpoint", "core")},
+            "id_column": id_column,
+            **{k: options.get(k) for k in ("sampler", "steps", "checkpoint", "core")},
+            **({"torsion_checkpoint": t} if (t := options.get("torsion_checkpoint")) is not None else {}),
             "shard_size": shard_size, **_fingerprint(source)}
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import scidiff.mol
 
 # Bottom to top, as scidiff/mol/__init__.py draws it.
-STACK = ["chem", "stereo", "io", "forcefield", "featurize", "denoiser", "generate", "pipeline", "shards", "evaluate",
-         "build", "train", "cli"]
-INFERENCE = {"chem", "stereo", "io", "forcefield", "featurize", "denoiser", "generate", "pipeline", "shards", "evaluate"}
+STACK = ["chem", "stereo", "io", "forcefield", "align", "torsion", "featurize", "denoiser", "torsion_head", "generate",
+         "torsion_generate", "pipeline", "shards", "evaluate", "build", "torsion_data", "train", "torsion_train", "cli"]
+INFERENCE = {"chem", "stereo", "io", "forcefield", "align", "torsion", "featurize", "denoiser", "torsion_head", "generate",
+             "torsion_generate", "pipeline", "shards", "evaluate"}
 
 
 def local_imports(path: Path) -> set[str]:

@@ -1,0 +1,115 @@
+"""The mol_torsion task: torsion examples through the core's torus loss and trainer (exact resume), and
+`--method scidiff --torsion-checkpoint` generation (ETKDG + MMFF94 local structure -> torsional sampling ->
+refinement -> stereo check -> SDF)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+from safetensors.torch import load_file
+
+from scidiff.cli import main
+from scidiff.core import build_diffusion
+from scidiff.mol.chem import prepare_mol
+from scidiff.mol.io import read_conformers
+from scidiff.mol.pipeline import generate
+from scidiff.mol.torsion import set_torsions
+from scidiff.mol.torsion_data import build_torsion_pairs
+from scidiff.mol.torsion_generate import collate, load_torsion_model, positions_at_torsions
+from scidiff.mol.torsion_head import build_torsion_model
+from scidiff.mol.torsion_train import TorsionExamples, torsion_loss
+
+ITEMS = [("ibuprofen", "CC(C)Cc1ccc(cc1)[C@H](C)C(=O)O"), ("cinnamate", "CCOC(=O)/C=C/c1ccc(OC)cc1"),
+         ("alanine_ester", "C[C@@H](N)C(=O)OCC")]
+TINY = ["model.num_scalars=4", "model.num_vectors=2", "model.num_tensors=0", "model.num_layers=1",
+        "model.head_scalars=4", "trainer.progress=false", "trainer.tensorboard=false", "data.max_nodes=80",
+        "trainer.checkpoint_every=1", "trainer.eval_every=2", "trainer.warmup_steps=1", "sampler.steps=4"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torsion_data")
+    build_torsion_pairs(out, items=ITEMS, validation=1, num_conformers=6, max_references=2, shard_size=2,
+                        processes=1, progress=None)
+    return out
+
+
+def _train(data, out, steps: int) -> int:
+    return main(["train", "experiment=mol_torsion", f"data.sdf=[{data / 'train'}]",
+                 f"data.validation_sdf=[{data / 'validation'}]", f"trainer.out_dir={out}",
+                 f"trainer.max_steps={steps}", *TINY])
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "torsion"
+    assert _train(data, out, 4) == 0
+    return out
+
+
+def test_batched_rotation_is_set_torsions_and_the_loss_reaches_every_weight(data, one_thread):
+    dataset = TorsionExamples.from_sdf([data / "train"], [])
+    mols = [prepare_mol(m) for m in read_conformers(data / "train")]  # the dataset's graphs, in the same order
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    new = torch.rand(batch.torsions.shape, generator=torch.Generator().manual_seed(0)) * 6 - 3
+    moved = positions_at_torsions(batch, new, [dataset.graphs[g] for g in batch.graph_id.tolist()])
+    first = 0
+    for k, g in enumerate(batch.graph_id.tolist()):
+        bonds, span = dataset.graphs[g].bonds, slice(int(batch.ptr[k]), int(batch.ptr[k + 1]))
+        expected = set_torsions(batch.pos[span].double().numpy(), mols[g], bonds, new[first:first + len(bonds)].numpy())
+        assert np.abs(moved[span].double().numpy() - expected).max() < 1e-4
+        first += len(bonds)
+    model = build_torsion_model({"num_scalars": 4, "num_vectors": 2, "num_tensors": 0, "num_layers": 1, "time_dim": 8,
+                                 "edge_dim": 8, "num_rbf": 8, "head_scalars": 4})
+    loss = torsion_loss(build_diffusion({"name": "torus"}), dataset.graphs, model, batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    unused = "head.backbone.head."  # the backbone's own 1o output: the torsion head reads the features before it
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for name, p in model.named_parameters() if not name.startswith(unused))
+
+
+def test_training_logs_validation_and_resumes_exactly(data, run, tmp_path, monkeypatch, one_thread):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval/val_loss" in line]
+    assert [e["step"] for e in evals] == [2, 4] and all(e["eval/cpu_hours"] > 0 for e in evals)
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_000002.safetensors", "step_000004.safetensors"]
+    from scidiff.mol import torsion_train
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(torsion_train, "validation_loss", killed)  # dies at step 2, before that step's checkpoint
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(data, resumed, 4)
+    monkeypatch.undo()
+    assert _train(data, resumed, 4) == 0  # the same command resumes from step 1
+    straight, again = load_file(run / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
+    model = load_torsion_model(run / "model.safetensors")
+    assert model.diffusion.process.name == "torus" and model.sampler.name == "heun" and model.seeds == "etkdg_mmff"
+
+
+def test_generation_with_a_torsion_checkpoint_writes_valid_stereo_kept_sdf(run, tmp_path, one_thread):
+    out = tmp_path / "out.sdf"
+    inputs = ["C[C@@H](N)C(=O)OCc1ccccc1", "Oc1ccccc1"]  # rotatable bonds and a stereocentre; none (phenol)
+    summary = generate(inputs, out, n=2, method="scidiff", torsion_checkpoint=str(run / "model.safetensors"))
+    assert summary.succeeded == 2
+    records = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
+    assert len(records) == 4 and all(r is not None for r in records)
+    used = {r.GetIntProp("input_index"): r.GetProp("method_used") for r in records}
+    assert used == {0: "scidiff_torsional", 1: "scidiff_refine"}
+    assert all(r.GetProp("torsion_checkpoint") == str(run / "model.safetensors") for r in records)
+    want = Chem.FindMolChiralCenters(Chem.MolFromSmiles(inputs[0]))
+    for record in records[:2]:
+        Chem.AssignStereochemistryFrom3D(record)
+        heavy = Chem.RemoveHs(record)
+        assert Chem.MolToSmiles(heavy) == Chem.MolToSmiles(Chem.MolFromSmiles(inputs[0]))  # graph and stereo kept
+        assert Chem.FindMolChiralCenters(heavy) == want
+    default = tmp_path / "default.sdf"  # without the option: today's refiner path, records unchanged in kind
+    generate(inputs[:1], default, n=1, method="scidiff")
+    assert not next(iter(Chem.SDMolSupplier(str(default), removeHs=False))).HasProp("method_used")
