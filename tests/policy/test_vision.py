@@ -215,3 +215,24 @@ def test_bundled_image_policy_is_the_pixel_env_default_and_pushes_the_t(tmp_path
     assert summary["checkpoint"] == str(BUNDLED_IMAGE_WEIGHTS)
     # A random policy scores about 0.06 on these seeds (test above); the bundled one must clearly push the T.
     assert summary["avg_max_coverage"] > 0.4, summary["avg_max_coverage"]
+
+
+def test_a_camera_policy_distils_into_a_one_call_consistency_student(tmp_path, pusht_images):
+    from scidiff.cli import main
+
+    path, buffer = pusht_images
+    teacher = camera_policy(env_id="scidiff/PushT-pixels-v0")
+    dataset = PolicyWindowDataset(buffer, obs_keys=["state[:2]"], camera_keys=["img"])
+    rows = dataset.episode_rows()
+    teacher.fit_normalizers(dataset.obs[rows], dataset.action[rows])
+    teacher_path = save_policy(teacher, tmp_path / "teacher.safetensors")
+    out = tmp_path / "student"
+    assert main(["train", "experiment=pusht_image_consistency", f"policy.teacher={teacher_path}", "data.source=zarr",
+                 f"data.path={path}", f"trainer.out_dir={out}", "trainer.max_steps=3", "trainer.eval_every=0",
+                 "trainer.checkpoint_every=3", "trainer.progress=false", "trainer.tensorboard=false",
+                 "trainer.batch_size=4"]) == 0
+    student = load_policy(out / "model.safetensors")
+    assert student.objective == "consistency" and student.cameras == teacher.cameras
+    images = {"img": frames(2).reshape(1, 2, 96, 96, 3)}
+    out = student.predict_action(torch.randn(1, 2, 2), images=images, generator=torch.Generator().manual_seed(0))
+    assert out["action"].shape == (1, 8, 2) and student.default_sampler().options == {"calls": 1}
