@@ -75,22 +75,18 @@ def torsion_items(limit: int | None = None, items: Sequence[Item] | None = None,
     return chosen, dropped
 
 
-def _heavy_best_rms(mol: Chem.Mol, probe_id: int, ref_id: int) -> float:
-    from .evaluate import _best_rms, _heavy  # the metrics' own RMSD, so de-duplication and coverage agree
-
-    heavy = _heavy(mol)
-    return _best_rms(heavy, heavy, probe_id, ref_id)
-
-
 def _ensemble(mol: Chem.Mol, energy_window: float, dedup_rmsd: float, max_references: int) -> list[int]:
     """Conformer ids of the reference ensemble: within the window, de-duplicated lowest energy first."""
+    from .evaluate import _best_rms, _heavy  # the metrics' own RMSD, so de-duplication and coverage agree
+
+    heavy = _heavy(mol)  # one hydrogen-free copy for every comparison
     energies = {c.GetId(): c.GetDoubleProp("energy") for c in mol.GetConformers()}
     lowest = min(energies.values())
     kept: list[int] = []
     for conf_id in sorted(energies, key=energies.get):
         if energies[conf_id] - lowest > energy_window:
             break
-        if all(_heavy_best_rms(mol, conf_id, other) > dedup_rmsd for other in kept):
+        if all(_best_rms(heavy, heavy, conf_id, other) > dedup_rmsd for other in kept):
             kept.append(conf_id)
             if len(kept) == max_references:
                 break

@@ -11,6 +11,7 @@ episode boundaries. Observations are the first To steps of a window, actions all
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -238,7 +239,11 @@ def split_datasets(
     camera_keys: Sequence[str] = (),
 ) -> tuple[PolicyWindowDataset, PolicyWindowDataset]:
     """Train and validation window datasets over disjoint episodes; defaults follow Chi et al.'s PushT config."""
-    train_mask, val_mask = episode_split(len(_episode_ends(buffer)), val_ratio, max_train_episodes, seed)
+    ends = _episode_ends(buffer)
+    train_mask, val_mask = episode_split(len(ends), val_ratio, max_train_episodes, seed)
+    if camera_keys:  # convert the frames once; both splits then read the same uint8 arrays
+        frames = {key: camera_frames(buffer, key, int(ends[-1])) for key in camera_keys}
+        buffer = SimpleNamespace(data={**buffer.data, **frames}, episode_ends=ends)
     common = dict(horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, obs_keys=obs_keys,
                   action_key=action_key, camera_keys=tuple(camera_keys))
     return (PolicyWindowDataset(buffer, episode_mask=train_mask, **common),
