@@ -21,7 +21,7 @@ from .evaluate import compare_table, evaluate_method, file_generator, load_refer
 from .forcefield import RELAXATIONS
 from .io import UNASSIGNED_STEREO
 from .pipeline import METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
-from .shards import generate_shards
+from .shards import RayOptions, generate_shards
 
 __all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
 
@@ -81,6 +81,15 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                    help="stream the input into OUTPUT/shard_XXXXX.sdf of N inputs each, with manifest.jsonl and "
                         "settings.json; rerunning the same command continues after the last finished shard "
                         "(conformers equal the one-file run's when N is a multiple of --batch-size)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the shards (needs --shard-size) on a Ray cluster through Ray Data, the same shards and "
+                        "manifest: ADDRESS as ray.init takes it (auto, HOST:6379, ray://HOST:10001); without one "
+                        "RAY_ADDRESS or a new local cluster. The input and OUTPUT must be at the same path on every "
+                        "node. Needs pip install 'scidiff[ray]'")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="Ray actors (default: the cluster's CPUs / --ray-cpus)")
+    p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per Ray actor (also its torch threads)")
+    p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor (with --device cuda)")
     p.add_argument("--method", choices=METHODS, default="etkdg", help="generator (default etkdg)")
     p.add_argument("--sampler", default=None,
                    help="scidiff sampler (model only), e.g. ddim, heun (default: the one the model's run used)")
@@ -131,6 +140,10 @@ def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None
     set_threads(getattr(args, "threads", None))
     shard_size = getattr(args, "shard_size", None)
     write = generate if shard_size is None else functools.partial(generate_shards, shard_size=shard_size)
+    if getattr(args, "ray", None) is not None:
+        if shard_size is None:
+            raise ValueError("--ray runs shards: give --shard-size N too (e.g. 256)")
+        write = functools.partial(write, ray=RayOptions(args.ray or None, args.ray_workers, args.ray_cpus, args.ray_gpus))
     return write(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,

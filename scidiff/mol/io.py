@@ -34,6 +34,7 @@ from scidiff.data import data_path
 from .chem import Built, Failure, MoleculeError, implicit_hydrogen_atoms, mol_from_smiles, mol_from_xyz, prepare_mol
 
 __all__ = [
+    "count_inputs",
     "InputRecord",
     "SmilesRow",
     "ConformerRecord",
@@ -390,6 +391,23 @@ def iter_inputs(source: str | Path, smiles_column: str | None = None, id_column:
         return
     if skip == 0:
         yield record_from_smiles(0, str(source).strip(), None, "SMILES argument", None)
+
+
+def count_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None) -> int:
+    """How many records ``iter_inputs`` yields, counted as text without parsing a molecule (a plan of shards needs it)."""
+    path = Path(source)
+    if not path.is_file():
+        return sum(1 for _ in iter_inputs(source, smiles_column, id_column))  # a SMILES argument, or the missing-file error
+    if format_suffix(path) not in SDF_SUFFIXES:
+        return sum(1 for _ in iter_smiles_rows(path, smiles_column, id_column))
+    records, open_record = 0, False
+    with _open_text(path) as handle:
+        for line in handle:
+            if line.rstrip("\r\n") == "$$$$":
+                records, open_record = records + 1, False
+            elif line.strip():
+                open_record = True
+    return records + open_record  # ForwardSDMolSupplier also reads a last record that lacks its '$$$$'
 
 
 def read_inputs(source: str | Path, smiles_column: str | None = None, id_column: str | None = None) -> list[InputRecord]:

@@ -20,6 +20,15 @@ redoes that shard.
 
 Conformers equal the one-file run's when N is a multiple of --batch-size: each shard is its own sequence of batches,
 and a batch's seed is the seed plus the index of its first molecule.
+
+With ``ray`` (``--ray [ADDRESS]``, the ``scidiff[ray]`` extra) the same shards run through Ray Data on a cluster:
+``map_batches`` over the unfinished shard numbers with a pool of ``ShardWorker`` actors, each of which reads its
+shard's records from the input itself (the input must be readable at the same path on every node), writes the shard
+with the same ``_write_shard`` and returns its manifest line. The model a method needs is loaded once per actor (the
+pipeline's cache lives as long as the actor's process). Only the driver writes the manifest, in shard order: a shard
+that finishes early waits in memory for the ones before it. Ray restarts a killed actor and retries its shard
+(Ray Data's actor defaults: unlimited restarts and task retries); the shard's SDF is whole or absent, so the retry
+rewrites it once and nothing is duplicated. Shards are the same bytes as those of a run without Ray.
 """
 
 from __future__ import annotations
@@ -37,10 +46,11 @@ from typing import Any, Iterator
 from scidiff.commands import atomic_write, check_int, check_output, remove_stale_temps
 
 from .chem import Failure
-from .io import InputRecord, iter_inputs
+from .io import InputRecord, count_inputs, iter_inputs
 from .pipeline import GenerateFn, GenerateSummary, Outcome, check_settings, generate
 
-__all__ = ["MANIFEST", "SETTINGS", "shard_name", "run_settings", "read_manifest", "ShardedSummary", "generate_shards"]
+__all__ = ["MANIFEST", "SETTINGS", "shard_name", "run_settings", "read_manifest", "ShardedSummary", "RayOptions",
+           "ShardWorker", "generate_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +214,12 @@ def _write_shard(out_dir: Path, shard: int, start: int, records: Iterator[InputR
 def generate_shards(inputs: str | Path, out_dir: str | Path, shard_size: int, n: int = 10, method: str = "etkdg",
                     generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32, relax: str = "none",
                     max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
-                    id_column: str | None = None, unassigned_stereo: str = "keep-any", **options: Any) -> ShardedSummary:
+                    id_column: str | None = None, unassigned_stereo: str = "keep-any", ray: "RayOptions | None" = None,
+                    **options: Any) -> ShardedSummary:
     """``pipeline.generate`` into ``out_dir/shard_XXXXX.sdf`` of ``shard_size`` inputs each, resumable (module doc).
 
-    The input is streamed: one shard's records at a time. Returns the summary of every shard in the folder.
+    The input is streamed: one shard's records at a time. ``ray``: run the unfinished shards on a Ray cluster instead
+    of in this process (module doc). Returns the summary of every shard in the folder.
     """
     check_int("--shard-size", shard_size, 1)
     check_settings(n, batch_size, max_resample, relax, options)
@@ -241,6 +253,11 @@ def generate_shards(inputs: str | Path, out_dir: str | Path, shard_size: int, n:
     from tqdm import tqdm
 
     with tqdm(disable=not progress, unit="mol", desc="generate", initial=len(entries) * shard_size) as bar:
+        if ray is not None:
+            if first is not None:
+                _run_on_ray(ray, inputs, out_dir, shard_size, smiles_column, id_column, pipeline_options, len(entries),
+                            summary, bar)
+            return summary
         shard = len(entries)
         while first is not None:
             if first.index != shard * shard_size:  # the skip and the shard arithmetic disagree: never write wrong shards
@@ -252,3 +269,91 @@ def generate_shards(inputs: str | Path, out_dir: str | Path, shard_size: int, n:
             shard += 1
             first = next(records, None)
     return summary
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how ``--ray`` runs: the cluster (None: ``ray.init()``'s own choice, i.e. RAY_ADDRESS or a new local
+    one; "auto", "HOST:6379" or "ray://HOST:10001"), how many actors (None: the cluster's CPUs over ``cpus``) and the
+    CPUs / GPUs each one asks for."""
+
+    address: str | None = None
+    workers: int | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int("--ray-workers", self.workers, 1, optional=True)
+        if not self.cpus > 0 or self.gpus < 0:
+            raise ValueError(f"--ray-cpus must be > 0 and --ray-gpus >= 0, got {self.cpus} and {self.gpus}")
+
+
+class _NoBar:
+    def update(self, count: int) -> None:
+        pass
+
+
+class ShardWorker:
+    """A Ray Data actor that writes whole shards: ``{"shard": [k]}`` -> ``{"entry": [its manifest line as JSON]}``."""
+
+    def __init__(self, inputs: str, out_dir: str, shard_size: int, smiles_column: str | None, id_column: str | None,
+                 options: dict[str, Any], threads: int):
+        from scidiff.commands import set_threads
+
+        set_threads(threads)  # the CPUs Ray gave this actor, not the node's: actors must not oversubscribe their node
+        self.inputs, self.out_dir, self.shard_size = inputs, Path(out_dir), shard_size
+        self.columns, self.options = (smiles_column, id_column), options
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        lines = []
+        for shard in (int(k) for k in batch["shard"]):
+            start = shard * self.shard_size
+            records = itertools.islice(iter_inputs(self.inputs, *self.columns, skip=start), self.shard_size)
+            first = next(records, None)
+            if first is None or first.index != start:
+                raise RuntimeError(f"shard {shard}: input {self.inputs} has no record {start} on this node")
+            entry = _write_shard(self.out_dir, shard, start, itertools.chain([first], records), _NoBar(), self.options)
+            lines.append(json.dumps(entry))
+        return {"entry": lines}
+
+
+def _run_on_ray(ray_options: RayOptions, inputs: str | Path, out_dir: Path, shard_size: int, smiles_column: str | None,
+                id_column: str | None, pipeline_options: dict[str, Any], finished: int, summary: ShardedSummary,
+                bar: Any) -> None:
+    """Shards ``finished``.. of the input through Ray Data's actor pool; the driver appends their manifest lines in order."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs Ray: pip install 'scidiff[ray]'") from None
+    num_shards = -(-count_inputs(inputs, smiles_column, id_column) // shard_size)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=ray_options.address, include_dashboard=False, configure_logging=False)
+    try:
+        workers = ray_options.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // ray_options.cpus))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the driver's own bar counts molecules
+        shards = ray.data.from_items([{"shard": k} for k in range(finished, num_shards)],
+                                     override_num_blocks=num_shards - finished)  # one block per shard: one task each
+        lines = shards.map_batches(
+            ShardWorker, batch_size=1, concurrency=workers, num_cpus=ray_options.cpus, num_gpus=ray_options.gpus,
+            fn_constructor_kwargs=dict(inputs=str(Path(inputs).resolve()) if Path(inputs).is_file() else str(inputs),
+                                       out_dir=str(out_dir.resolve()), shard_size=shard_size,
+                                       smiles_column=smiles_column, id_column=id_column, options=pipeline_options,
+                                       threads=max(1, int(ray_options.cpus))))
+        waiting: dict[int, dict[str, Any]] = {}
+        next_shard = finished
+        for row in lines.iter_rows():
+            entry = json.loads(row["entry"])
+            waiting[entry["shard"]] = entry
+            bar.update(entry["stop"] - entry["start"])
+            while next_shard in waiting:
+                entry = waiting.pop(next_shard)
+                _append(out_dir / MANIFEST, entry)
+                summary.add(entry)
+                next_shard += 1
+    finally:
+        if started:
+            ray.shutdown()
+    for shard in range(finished, num_shards):
+        remove_stale_temps(out_dir / shard_name(shard))  # left by actors that Ray killed and retried

@@ -121,7 +121,8 @@ def test_an_interrupted_run_resumes_after_its_last_shard_without_reparsing(smi, 
     assert "19/20 molecules succeeded (38 conformers in 4 shards in" in printed and "2 shards done by earlier runs" in printed
 
 
-def test_a_killed_run_resumes_exactly_once(smi, tmp_path, reference):
+@pytest.mark.parametrize("finished", [0, 2, 3])  # killed inside the first, a middle and the last shard
+def test_a_killed_run_resumes_exactly_once(smi, tmp_path, reference, finished):
     """SIGKILL of a real run (slowed by a sleeping generator) mid-shard, then a rerun: nothing missing or doubled."""
     out = tmp_path / "out"
     script = ("import sys, time; from scidiff.mol import pipeline; etkdg = pipeline.GENERATORS['etkdg']; "
@@ -131,17 +132,21 @@ def test_a_killed_run_resumes_exactly_once(smi, tmp_path, reference):
     proc = subprocess.Popen([sys.executable, "-c", script, "mol", "generate", str(smi), "-o", str(out),
                              "--shard-size", "5", *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = out / "manifest.jsonl"
+
+    def lines() -> int:
+        return len(manifest.read_text().splitlines()) if manifest.exists() else 0
+
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and len(manifest.read_text().splitlines()) >= 2:
-            time.sleep(0.15)  # into shard 2: its temporary file is being written
+        if lines() >= finished and out.is_dir() and _temporaries(out):
+            time.sleep(0.15)  # into shard `finished`: its temporary file is being written
             break
         time.sleep(0.01)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / "shard_00003.sdf").exists() and _temporaries(out)  # killed inside shard 2 (1 s long)
+    assert lines() == finished and _temporaries(out)  # killed inside that shard (1 s long)
     assert _sharded(smi, out) == 0
     assert _shard_bytes(out) == reference and not _temporaries(out)
     _exactly_once(out)
@@ -223,3 +228,87 @@ def test_iter_inputs_skips_records_of_smiles_tables_and_sdf_files(smi, tmp_path)
         every = [(r.index, r.name, r.line) for r in iter_inputs(path)]
         assert [(r.index, r.name, r.line) for r in iter_inputs(path, skip=7)] == every[7:]
         assert list(iter_inputs(path, skip=len(every))) == []
+
+
+# --- the same shards through Ray Data (--ray): a local 2-CPU Ray cluster started by the tests ---------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray tests need the scidiff[ray] extra")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_writes_the_same_shards_and_manifest(smi, tmp_path, reference, ray_cluster, capsys):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert _sharded(smi, local) == 0
+    assert _sharded(smi, on_ray, "--ray", "--ray-workers", "2") == 0
+    assert "19/20 molecules succeeded (38 conformers in 4 shards in" in capsys.readouterr().out
+    assert _files(on_ray) == _files(local)  # shard bytes, manifest lines and settings: a Ray run is the same run
+    _exactly_once(on_ray)
+    # a local rerun continues a Ray run (and the other way round): nothing is redone
+    assert _sharded(smi, on_ray) == 0 and _files(on_ray) == _files(local)
+
+
+def _slow_marking_generator(marks: Path):
+    """etkdg, 0.3 s slower per call, leaving a file PID-NAME for each molecule it starts (runs in the Ray actors)."""
+    etkdg = pipeline.GENERATORS["etkdg"]
+
+    def generate(mols, n, seed=0, **options):
+        for mol in mols:
+            (marks / f"{os.getpid()}-{mol.GetProp('_Name')}").touch()
+        time.sleep(0.3)
+        return etkdg(mols, n, seed, **options)
+
+    return generate
+
+
+def test_a_killed_ray_worker_is_retried_and_the_output_is_exactly_once(smi, tmp_path, ray_cluster):
+    """SIGKILL of the Ray actor that is inside shard 2: Ray restarts it and retries that shard; every input is then
+    in exactly one shard or failure list, and the shards are those of a run without Ray."""
+    import threading
+
+    from scidiff.mol.shards import RayOptions, generate_shards
+
+    marks = tmp_path / "marks"  # of the Ray actors only (the run without Ray marks its own folder)
+    marks.mkdir()
+    (tmp_path / "local_marks").mkdir()
+    settings = dict(shard_size=5, n=2, method="etkdg", batch_size=1)
+    generate_shards(smi, tmp_path / "local", generate_fn=_slow_marking_generator(tmp_path / "local_marks"), **settings)
+    settings["generate_fn"] = _slow_marking_generator(marks)
+    killed: list[int] = []
+
+    def kill_the_worker_of_shard_2() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for mark in marks.glob("*-mol11"):  # the second molecule of shard 2 [10, 15)
+                killed.append(int(mark.name.split("-")[0]))
+                assert killed[0] != os.getpid()
+                os.kill(killed[0], signal.SIGKILL)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_worker_of_shard_2)
+    killer.start()
+    out = tmp_path / "ray"
+    summary = generate_shards(smi, out, ray=RayOptions(workers=2), **settings)
+    killer.join()
+    assert killed, "shard 2 was never reached"
+    shard_2_workers = {int(m.name.split("-")[0]) for m in marks.glob("*-mol10")}
+    assert killed[0] in shard_2_workers and len(shard_2_workers) >= 2  # started by the killed actor, redone by another
+    assert summary.succeeded == 19 and summary.shards == 4
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "local") and not _temporaries(out)
+    _exactly_once(out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-o", "{tmp}/out", "--ray"], "--ray runs shards: give --shard-size N too"),
+    (["-o", "{tmp}/out", "--shard-size", "5", "--ray", "--ray-workers", "0"], "--ray-workers must be an integer >= 1"),
+    (["-o", "{tmp}/out", "--shard-size", "5", "--ray", "--ray-cpus", "0"], "--ray-cpus must be > 0"),
+])
+def test_invalid_ray_runs_exit_2_before_writing(smi, tmp_path, capsys, argv, message):
+    before = _files(tmp_path)
+    assert main(["mol", "generate", str(smi), *[a.format(tmp=tmp_path) for a in argv], *ARGS]) == 2
+    assert message in capsys.readouterr().err
+    assert _files(tmp_path) == before and not (tmp_path / "out").exists()

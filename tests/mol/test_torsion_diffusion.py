@@ -76,10 +76,16 @@ def test_training_logs_validation_and_resumes_exactly(data, run, tmp_path, monke
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [line for line in lines if "eval/val_loss" in line]
     assert [e["step"] for e in evals] == [2, 4] and all(e["eval/cpu_hours"] > 0 for e in evals)
+    gains = [e["eval/val_gain"] + e["eval/val_loss"] for e in evals]  # the zero score's loss: the same at every eval
+    assert 0.5 < gains[0] < 2.0 and gains[0] == pytest.approx(gains[1], abs=1e-9)
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_000002.safetensors", "step_000004.safetensors"]
     from scidiff.mol import torsion_train
 
-    def killed(*args, **kwargs):
+    real = torsion_train.validation_loss
+
+    def killed(diffusion, data, model, *args, **kwargs):
+        if isinstance(model, torsion_train.ZeroScore):  # the baseline, measured once before step 1
+            return real(diffusion, data, model, *args, **kwargs)
         raise RuntimeError("killed")
 
     resumed = tmp_path / "resumed"
