@@ -329,10 +329,13 @@ def _run_on_ray(ray_options: RayOptions, inputs: str | Path, out_dir: Path, shar
     started = not ray.is_initialized()
     if started:
         ray.init(address=ray_options.address, include_dashboard=False, configure_logging=False)
+    ray_data_log = logging.getLogger("ray.data")
+    level = ray_data_log.level
     try:
         workers = ray_options.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // ray_options.cpus))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts molecules
+        ray_data_log.setLevel(logging.ERROR)  # not the notes on disabled bars and a finished dataset; errors still show
         shards = ray.data.from_items([{"shard": k} for k in range(finished, num_shards)],
                                      override_num_blocks=num_shards - finished)  # one block per shard: one task each
         lines = shards.map_batches(
@@ -353,6 +356,7 @@ def _run_on_ray(ray_options: RayOptions, inputs: str | Path, out_dir: Path, shar
                 summary.add(entry)
                 next_shard += 1
     finally:
+        ray_data_log.setLevel(level)
         if started:
             ray.shutdown()
     for shard in range(finished, num_shards):
