@@ -183,7 +183,17 @@ class ShardedSummary(GenerateSummary):
                 f"{self.shards} shards in {self.output}; {self.reused} shards done by earlier runs)")
 
 
-def _write_shard(out_dir: Path, shard: int, start: int, records: Iterator[InputRecord], bar: Any,
+def _shard_records(first: InputRecord | None, records: Iterator[InputRecord], shard: int,
+                   shard_size: int) -> Iterator[InputRecord]:
+    """Shard ``shard``'s records: ``first`` and the next ones of ``records``; a RuntimeError when the input's indices
+    and the shard arithmetic disagree, so that a wrong shard is never written."""
+    if first is None or first.index != shard * shard_size:
+        raise RuntimeError(f"shard {shard} would start at input {first.index if first else 'past the end'}, "
+                           f"not {shard * shard_size}")
+    return itertools.chain([first], itertools.islice(records, shard_size - 1))
+
+
+def _write_shard(out_dir: Path, shard: int, start: int, records: Iterator[InputRecord], bar: Any | None,
                  options: dict[str, Any]) -> dict[str, Any]:
     """One shard through the one-file pipeline into its SDF (atomically); returns its manifest line."""
     done: list[list[int]] = []
@@ -191,7 +201,8 @@ def _write_shard(out_dir: Path, shard: int, start: int, records: Iterator[InputR
     def observe(outcome: Outcome, written: int) -> None:
         if written:
             done.append([outcome.record.index, written])
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
 
     result: list[GenerateSummary] = []
 
@@ -260,9 +271,7 @@ def generate_shards(inputs: str | Path, out_dir: str | Path, shard_size: int, n:
             return summary
         shard = len(entries)
         while first is not None:
-            if first.index != shard * shard_size:  # the skip and the shard arithmetic disagree: never write wrong shards
-                raise RuntimeError(f"shard {shard} would start at input {first.index}, not {shard * shard_size}")
-            chunk = itertools.chain([first], itertools.islice(records, shard_size - 1))
+            chunk = _shard_records(first, records, shard, shard_size)
             entry = _write_shard(out_dir, shard, first.index, chunk, bar, pipeline_options)
             _append(out_dir / MANIFEST, entry)
             summary.add(entry)
@@ -288,11 +297,6 @@ class RayOptions:
             raise ValueError(f"--ray-cpus must be > 0 and --ray-gpus >= 0, got {self.cpus} and {self.gpus}")
 
 
-class _NoBar:
-    def update(self, count: int) -> None:
-        pass
-
-
 class ShardWorker:
     """A Ray Data actor that writes whole shards: ``{"shard": [k]}`` -> ``{"entry": [its manifest line as JSON]}``."""
 
@@ -308,11 +312,9 @@ class ShardWorker:
         lines = []
         for shard in (int(k) for k in batch["shard"]):
             start = shard * self.shard_size
-            records = itertools.islice(iter_inputs(self.inputs, *self.columns, skip=start), self.shard_size)
-            first = next(records, None)
-            if first is None or first.index != start:
-                raise RuntimeError(f"shard {shard}: input {self.inputs} has no record {start} on this node")
-            entry = _write_shard(self.out_dir, shard, start, itertools.chain([first], records), _NoBar(), self.options)
+            records = iter_inputs(self.inputs, *self.columns, skip=start)
+            chunk = _shard_records(next(records, None), records, shard, self.shard_size)
+            entry = _write_shard(self.out_dir, shard, start, chunk, None, self.options)
             lines.append(json.dumps(entry))
         return {"entry": lines}
 
