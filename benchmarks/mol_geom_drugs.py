@@ -16,7 +16,9 @@ Two parts, every method on the same molecules:
 
 Methods are the pipeline's generators, plus ``scidiff_torsional`` (``scidiff`` with --torsion-checkpoint: torsional
 diffusion on ETKDG + MMFF94 local structures, then the refiner) and ``etkdg_mmff_10x_clustered`` (ETKDG + MMFF94 with
-10x the conformers, clustered down by k-centre on heavy-atom RMSD; ``evaluate.clustered_generator``).
+10x the conformers, clustered down by k-centre on heavy-atom RMSD; ``evaluate.clustered_generator``) and
+``scidiff_all_sizes`` (the refiner on every molecule, ``--refine-outside-domain``; plain ``scidiff`` leaves molecules
+outside the refiner's training domain, here nearly all, at their ETKDG + MMFF94 seeds).
 
     OMP_NUM_THREADS=1 python benchmarks/mol_geom_drugs.py --limit 200 --json runs/eval/drugs200.json
     OMP_NUM_THREADS=1 python benchmarks/mol_geom_drugs.py --no-validity --coverage-limit 12 \
@@ -50,6 +52,8 @@ def generator(method: str, torsion_checkpoint: str | None):
         if torsion_checkpoint is None:
             raise SystemExit("scidiff_torsional needs --torsion-checkpoint (a `scidiff train experiment=mol_torsion` run)")
         return get_generator("scidiff"), {"torsion_checkpoint": torsion_checkpoint}
+    if method == "scidiff_all_sizes":  # the refiner on every molecule, also outside its training domain
+        return get_generator("scidiff"), {"refine_outside_domain": True}
     if method == f"etkdg_mmff_{OVERSAMPLE}x_clustered":
         return clustered_generator(get_generator("etkdg_mmff"), OVERSAMPLE), {}
     return get_generator(method), {}

@@ -25,13 +25,13 @@ explicitly, so RDKit-only work such as conformer-building worker processes never
 from .chem import Built, Failure, MoleculeError, mol_from_smiles, prepare_mol
 from .forcefield import RELAXATIONS, etkdg_conformers, mmff_relax, relax_conformers, xtb_relax
 from .io import InputRecord, read_conformers, read_inputs, read_qm9, write_conformers
-from .pipeline import GENERATORS, METHODS, GenerationUnavailable, generate, generate_mols, generate_outcomes, get_generator
+from .pipeline import DEFAULT_METHOD, GENERATORS, METHODS, GenerationUnavailable, generate, generate_mols, generate_outcomes, get_generator
 from .stereo import check_conformers, check_stereo, fix_conformers, stereo_signature
 
 __all__ = [
     "Built", "Failure", "MoleculeError", "mol_from_smiles", "prepare_mol",
     "RELAXATIONS", "etkdg_conformers", "mmff_relax", "relax_conformers", "xtb_relax",
     "InputRecord", "read_conformers", "read_inputs", "read_qm9", "write_conformers",
-    "GENERATORS", "METHODS", "GenerationUnavailable", "generate", "generate_mols", "generate_outcomes", "get_generator",
+    "DEFAULT_METHOD", "GENERATORS", "METHODS", "GenerationUnavailable", "generate", "generate_mols", "generate_outcomes", "get_generator",
     "check_conformers", "check_stereo", "fix_conformers", "stereo_signature",
 ]

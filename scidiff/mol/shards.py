@@ -47,7 +47,7 @@ from scidiff.commands import atomic_write, check_int, check_output, remove_stale
 
 from .chem import Failure
 from .io import InputRecord, count_inputs, iter_inputs
-from .pipeline import GenerateFn, GenerateSummary, Outcome, check_settings, generate
+from .pipeline import DEFAULT_METHOD, GenerateFn, GenerateSummary, Outcome, check_settings, generate
 
 __all__ = ["MANIFEST", "SETTINGS", "shard_name", "run_settings", "read_manifest", "ShardedSummary", "RayOptions",
            "ShardWorker", "generate_shards"]
@@ -62,6 +62,7 @@ FINGERPRINT_BYTES = 1 << 20  # hashed at each end of the input: an edited or app
 OPTIONS = {"method": "--method", "n": "-n/--num-conformers", "seed": "--seed", "batch_size": "--batch-size",
            "relax": "--relax", "max_resample": "--max-resample", "sampler": "--sampler", "steps": "--steps",
            "checkpoint": "--checkpoint", "torsion_checkpoint": "--torsion-checkpoint", "core": "--core", "unassigned_stereo": "--unassigned-stereo",
+           "refine_outside_domain": "--refine-outside-domain",
            "smiles_column": "--smiles-column", "id_column": "--id-column", "shard_size": "--shard-size",
            "input": "the input", "input_bytes": "the input's size", "input_sha256_ends": "the input's content"}
 
@@ -93,7 +94,7 @@ def run_settings(source: str | Path, shard_size: int, method: str, n: int, seed:
             "max_resample": max_resample, "unassigned_stereo": unassigned_stereo, "smiles_column": smiles_column,
             "id_column": id_column,
             **{k: options.get(k) for k in ("sampler", "steps", "checkpoint", "core")},
-            **({"torsion_checkpoint": t} if (t := options.get("torsion_checkpoint")) is not None else {}),
+            **{k: v for k in ("torsion_checkpoint", "refine_outside_domain") if (v := options.get(k)) is not None},
             "shard_size": shard_size, **_fingerprint(source)}
 
 
@@ -222,7 +223,7 @@ def _write_shard(out_dir: Path, shard: int, start: int, records: Iterator[InputR
             "stereo_dropped": _failures(summary.stereo_dropped), "unassigned": _failures(summary.unassigned)}
 
 
-def generate_shards(inputs: str | Path, out_dir: str | Path, shard_size: int, n: int = 10, method: str = "etkdg",
+def generate_shards(inputs: str | Path, out_dir: str | Path, shard_size: int, n: int = 10, method: str = DEFAULT_METHOD,
                     generate_fn: GenerateFn | None = None, seed: int = 0, batch_size: int = 32, relax: str = "none",
                     max_resample: int = 2, progress: bool = False, smiles_column: str | None = None,
                     id_column: str | None = None, unassigned_stereo: str = "keep-any", ray: "RayOptions | None" = None,

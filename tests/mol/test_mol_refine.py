@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,42 @@ def test_a_strained_cage_etkdg_cannot_embed_gets_stereo_correct_seeds_from_rando
     assert refined.GetNumConformers() == 2
     assert {(c.GetProp("seed_method"), c.GetProp("embedding")) for c in refined.GetConformers()} == {
         ("etkdg_mmff", "random_coords_cage")}
+
+
+def test_refiner_domain_names_why_a_molecule_lies_outside():
+    from scidiff.mol.chem import mol_from_smiles
+    from scidiff.mol.generate import RefinerDomain
+
+    domain = RefinerDomain.from_config({"max_heavy_atoms": 9, "elements": ["H", "C", "N", "O", "F"]})
+    assert domain.outside(mol_from_smiles("C[C@@H](O)/C=C/C(=O)N")) is None  # 8 heavy atoms, hydrogens not counted
+    assert domain.outside(mol_from_smiles("CC(=O)Nc1ccc(O)cc1")) == "11 heavy atoms > 9"
+    assert domain.outside(mol_from_smiles("CS(=O)C")) == "elements S not in C, F, H, N, O"
+    assert RefinerDomain.from_config(None) is None
+    with pytest.raises(ValueError, match=r"data.domain: unknown keys \['max_atoms'\]"):
+        RefinerDomain.from_config({"max_atoms": 9})
+
+
+def test_the_bundled_refiner_leaves_molecules_outside_its_domain_at_their_seeds(one_thread):
+    """The QM9 refiner moves a QM9-sized molecule and leaves a drug-sized one exactly at its ETKDG + MMFF94 seeds,
+    saying why, unless told to refine it too; the bundled weights carry the domain the training config states."""
+    from omegaconf import OmegaConf
+
+    from scidiff.mol.chem import mol_from_smiles
+    from scidiff.mol.generate import RefinerDomain, bundled_weights, load_model
+    from scidiff.mol.pipeline import etkdg_mmff_generator, scidiff_generator
+
+    config = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/data/qm9_pairs.yaml"))
+    assert load_model(bundled_weights("qm9_refine")).domain == RefinerDomain.from_config(config["domain"])
+    small, drug = mol_from_smiles("C[C@@H](O)/C=C/C(=O)N"), mol_from_smiles("CC(=O)Nc1ccc(O)cc1")
+    seeds = etkdg_mmff_generator([small, drug], 3, seed=0)
+    default = scidiff_generator([small, drug], 3, seed=0)
+    forced = scidiff_generator([small, drug], 3, seed=0, refine_outside_domain=True)
+    for out, moved in ((default, [True, False]), (forced, [True, True])):
+        for mol, seed_mol, should_move in zip(out, seeds, moved):
+            assert mol.GetNumConformers() == 3
+            for conf, seed_conf in zip(mol.GetConformers(), seed_mol.GetConformers()):
+                shift = np.abs(conf.GetPositions() - seed_conf.GetPositions()).max()
+                assert (shift > 1e-3) == should_move and conf.GetIntProp("refined") == int(should_move)
+    assert all(c.GetProp("refine_skipped") == "outside the refiner's training molecules: 11 heavy atoms > 9"
+               for c in default[1].GetConformers())
+    assert not any(c.HasProp("refine_skipped") for c in default[0].GetConformers())
