@@ -13,6 +13,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from scidiff.commands import HelpFormatter, add_threads_option, check_int, check_output, set_threads
 
@@ -152,10 +153,17 @@ def _generate_from_args(args: argparse.Namespace, generate_fn: GenerateFn | None
     return write(args.input, args.output, n=args.num_conformers, method=args.method, generate_fn=generate_fn,
                     seed=args.seed, batch_size=args.batch_size, relax=args.relax, max_resample=args.max_resample,
                     progress=not args.no_progress, smiles_column=args.smiles_column, id_column=args.id_column,
-                    sampler=args.sampler, steps=args.steps, device=args.device, checkpoint=args.checkpoint,
-                    torsion_checkpoint=getattr(args, "torsion_checkpoint", None), core=args.core,
-                    refine_outside_domain=getattr(args, "refine_outside_domain", False) or None,
-                    unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"))
+                    core=args.core, unassigned_stereo=getattr(args, "unassigned_stereo", "keep-any"),
+                    **_model_options(args))
+
+
+# The generator options that both generate and evaluate take from their command line (model methods only).
+MODEL_OPTIONS = ("sampler", "steps", "device", "checkpoint", "torsion_checkpoint", "refine_outside_domain")
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options given on the command line; an unset option or flag is left out (the run's own default)."""
+    return {k: v for k in MODEL_OPTIONS if (v := getattr(args, k, None)) is not None and v is not False}
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -233,8 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             else args.num_conformers
     else:
         counts = args.num_conformers or 5
-    options = {k: v for k in ("sampler", "steps", "device", "checkpoint", "torsion_checkpoint", "refine_outside_domain")
-               if (v := getattr(args, k, None) or None) is not None}
+    options = _model_options(args)
     runs = [(m, get_generator(m)) for m in args.method] + [(str(p), file_generator(p)) for p in args.generated]
     results = []
     for name, fn in runs:
