@@ -6,6 +6,7 @@
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --checkpoint scidiff/policy/weights/pusht_image.safetensors \
         --batch-size 64                                                        # bundled camera policy
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --vision-width 64 --batch-size 64  # Chi et al.'s ResNet-18
+    OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --profile-train    # where a training step's time goes
 
 For a camera policy the chunk latency includes encoding the To frames, and an "encoder" row times the encoder
 alone (its share of every chunk, whatever the sampler).
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-variants", action="store_true",
                         help="also time training with model.compile() and with bf16 autocast, interleaved with eager fp32")
+    parser.add_argument("--profile-train", action="store_true",
+                        help="only profile training steps (torch.profiler, ops by self CPU time) and exit")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -120,6 +123,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"# {source}: {n_params / 1e6:.2f} M parameters, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}")
+    if args.profile_train:  # where a training step's time goes (the warm-up step is profiled too)
+        with torch.profiler.profile() as prof:
+            train_samples_per_s(policy, args.batch_size, 3)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return
     combos = [(policy, sampler, steps) for sampler, steps in SAMPLERS]
     if policy.cameras:
         combos.append((policy, ENCODER, 0))
