@@ -162,6 +162,42 @@ def test_a_strained_cage_etkdg_cannot_embed_gets_stereo_correct_seeds_from_rando
         ("etkdg_mmff", "random_coords_cage")}
 
 
+def test_embedding_equals_one_rdkit_call_when_the_probe_passes_and_caps_attempts_on_a_cage(monkeypatch):
+    """etkdg_embed probes the first conformer with PROBE_ATTEMPTS: a molecule that passes gets exactly the conformers of
+    one ETKDGv3 call for all n at RDKit's default attempts; a cage that fails it runs the rest of the cascade with that
+    budget instead of RDKit's 10 x atoms per conformer."""
+    from rdkit import rdBase
+    from rdkit.Chem import AllChem
+
+    from scidiff.mol import forcefield
+    from scidiff.mol.chem import mol_from_smiles
+
+    mol = mol_from_smiles("C[C@H](N)C(=O)N[C@@H](Cc1ccccc1)C(=O)O", "dipeptide")
+    params = AllChem.ETKDGv3()
+    params.randomSeed, params.enableSequentialRandomSeeds, params.numThreads = 3, True, 1
+    expected = Chem.Mol(mol)
+    with rdBase.BlockLogs():
+        assert len(AllChem.EmbedMultipleConfs(expected, numConfs=4, params=params)) == 4
+    budgets: list[tuple[int, bool]] = []
+    embed = AllChem.EmbedMultipleConfs
+
+    def recording(m, numConfs, params):  # noqa: N803 - RDKit's keyword names
+        budgets.append((params.maxIterations, params.useRandomCoords))
+        return embed(m, numConfs=numConfs, params=params)
+
+    monkeypatch.setattr(forcefield.AllChem, "EmbedMultipleConfs", recording)
+    got = Chem.Mol(mol)
+    assert forcefield.etkdg_embed(got, 4, seed=3) == [0, 1, 2, 3]
+    for a, b in zip(expected.GetConformers(), got.GetConformers()):
+        np.testing.assert_allclose(a.GetPositions(), b.GetPositions(), atol=1e-9)
+    assert budgets == [(forcefield.PROBE_ATTEMPTS, False), (0, False)]
+    budgets.clear()
+    cage = mol_from_smiles(CAGE, "gdb_3120")
+    assert len(forcefield.etkdg_embed(cage, 2, seed=0)) == 2
+    assert budgets[:2] == [(forcefield.PROBE_ATTEMPTS, False), (forcefield.PROBE_ATTEMPTS, True)]
+    assert all(budget == forcefield.CAGE_MAX_ITERATIONS for budget, _ in budgets[2:])
+
+
 def test_refiner_domain_names_why_a_molecule_lies_outside():
     from scidiff.mol.chem import mol_from_smiles
     from scidiff.mol.generate import RefinerDomain
