@@ -25,9 +25,9 @@ BOHR_PER_ANGSTROM = 1.0 / 0.52917721092
 
 EMBEDDING_PROP = "embedding"  # conformer property: which embedding path made it
 # Embedding attempts for a molecule's first conformer before it counts as hard. RDKit's default is 10 x atoms per
-# conformer, and on strained QM9 cages, where no attempt passes ETKDG's checks, that costs seconds per molecule: 92 % of
-# the seeding time of the QM9 test split went to the 8 % of molecules that fail. A molecule that passes the probe is
-# embedded exactly as by one call for all n; one that fails it runs the rest of the cascade with this budget.
+# conformer, and on strained QM9 cages, where no attempt passes ETKDG's checks, that costs seconds per molecule. A
+# molecule that passes the probe is embedded exactly as by one call for all n; one that fails it runs the rest of the
+# cascade with this budget (seeding 2.82x faster on QM9 training molecules: benchmarks/mol_embedding_budget.py).
 PROBE_ATTEMPTS = 30
 # Embedding attempts per conformer in the strained-cage fallback. 2,000 placed 8 more conformers on 2 of the 1,895 QM9
 # test molecules (gdb_67719: 4 conformers in 50 s of CPU) for 1.9x the fallback's time (132 vs 70 s on the 147 hard
@@ -36,11 +36,15 @@ CAGE_MAX_ITERATIONS = 500
 CAGE_ROUNDS = 3  # fallback attempts, each for the conformers still missing, with fresh seeds
 
 
-def _etkdg_params(seed: int, coord_map: dict[int, Point3D] | None) -> AllChem.EmbedParameters:
+def _etkdg_params(seed: int, coord_map: dict[int, Point3D] | None, max_attempts: int = 0,
+                  random_coords: bool = False) -> AllChem.EmbedParameters:
+    """ETKDGv3 parameters; ``max_attempts`` per conformer (0: RDKit's default, 10 x atoms)."""
     params = AllChem.ETKDGv3()
     if coord_map:
         params.SetCoordMap(coord_map)
     params.randomSeed = seed
+    params.maxIterations = max_attempts
+    params.useRandomCoords = random_coords
     # Conformer i gets seed + i: reproducible, and with a plain seed of 0 RDKit repeats one conformer N times.
     params.enableSequentialRandomSeeds = True
     params.numThreads = 1
@@ -70,9 +74,7 @@ def _embed_cages(mol: Chem.Mol, missing: int, seed: int, coord_map: dict[int, Po
             break
         work = Chem.Mol(mol)
         work.RemoveAllConformers()
-        params = _etkdg_params(seed + 7919 * (round_ + 1), coord_map)
-        params.useRandomCoords = True
-        params.maxIterations = CAGE_MAX_ITERATIONS
+        params = _etkdg_params(seed + 7919 * (round_ + 1), coord_map, CAGE_MAX_ITERATIONS, random_coords=True)
         params.enforceChirality = False
         params.ignoreSmoothingFailures = True
         if not list(AllChem.EmbedMultipleConfs(work, numConfs=want, params=params)):
@@ -97,11 +99,9 @@ def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0, coord_map: dict[int, Point
     per conformer when the first conformer already failed that many); when those fall short
     too (strained cages), the ``_embed_cages`` fallback fills the rest. Each conformer's ``embedding`` property
     says which path made it: ``etkdg``, ``etkdg_random_coords`` or ``random_coords_cage``."""
-    params = _etkdg_params(seed, coord_map)
     with rdBase.BlockLogs():
-        params.maxIterations = PROBE_ATTEMPTS
-        ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=1, params=params))
-        hard = not ids
+        ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=1, params=_etkdg_params(seed, coord_map, PROBE_ATTEMPTS)))
+        budget = 0 if ids else PROBE_ATTEMPTS  # attempts per conformer for the rest of the cascade
         if ids and n > 1:  # conformer i has seed + i, so these n - 1 complete what one call for n would have made
             rest = _etkdg_params(seed + 1, coord_map)
             rest.clearConfs = False
@@ -109,10 +109,7 @@ def etkdg_embed(mol: Chem.Mol, n: int, seed: int = 0, coord_map: dict[int, Point
         path = "etkdg"
         if len(ids) < n:  # random-coordinate starts rescue molecules where eigenvalue embedding fails
             first = Chem.Mol(mol)
-            params = _etkdg_params(seed, coord_map)
-            params.useRandomCoords = True
-            if hard:
-                params.maxIterations = PROBE_ATTEMPTS
+            params = _etkdg_params(seed, coord_map, budget, random_coords=True)
             retry = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
             if len(retry) >= len(ids):
                 ids, path = retry, "etkdg_random_coords"
