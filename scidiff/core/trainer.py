@@ -3,7 +3,8 @@
 A domain hands ``train`` a model, a map-style dataset, a collate function and a loss
 ``loss_fn(model, batch, generator) -> scalar``. The loop does the rest: device placement, bf16 autocast on
 CUDA, optional ``model.compile()``, AdamW with cosine warm-up, gradient clipping, EMA, logging (JSONL +
-TensorBoard), periodic evaluation, two-tier atomic checkpoints with exact resume, and DDP under torchrun.
+TensorBoard), periodic evaluation, two-tier atomic checkpoints with exact resume, a warm start from saved weights
+(``init_weights``), and DDP under torchrun.
 
 Data order is a pure function of (seed, epoch): every epoch is a fixed list of global batches of dataset
 indices, each dealt out across ranks. Resuming at step k therefore starts at exactly the batch an
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import load_training_state, read_run_state, remove_stale_temps, save_inference, save_training_state
+from .checkpoint import (check_task, load_inference, load_training_state, read_run_state, remove_stale_temps,
+                         save_inference, save_training_state)
 from .distributed import DistInfo, all_gather_objects, close_distributed, init_distributed
 from .ema import EMA
 
@@ -61,6 +63,9 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     tensorboard: bool = True
+    # Inference weights (a run's or a bundled model.safetensors) that a fresh run starts from instead of the model's
+    # own initialisation: a warm start. A run that already has its own checkpoint resumes from that instead.
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "batch_size", "log_every", "checkpoint_every")
@@ -79,6 +84,8 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.eval_every < 0:
             raise ValueError("trainer.warmup_steps and trainer.eval_every must be >= 0")
         self.betas = tuple(self.betas)
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise FileNotFoundError(f"trainer.init_weights: no weights file at {self.init_weights}")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -266,6 +273,22 @@ def _set_rng_state(state: dict[str, Tensor], noise: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _warm_start(model: nn.Module, path: str, task: str | None, device: torch.device) -> None:
+    """Load inference weights into ``model`` for a warm start; every tensor must fit, or the error names the
+    mismatch and the setting."""
+    state, config = load_inference(path, device)
+    if task is not None:
+        try:
+            check_task(path, config, task)
+        except ValueError as err:
+            raise ValueError(f"trainer.init_weights: {err}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = str(err).split(":", 1)[-1].strip()
+        raise ValueError(f"trainer.init_weights={path}: its tensors do not fit this model ({detail})") from None
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -298,6 +321,8 @@ def train(
     torch.manual_seed(cfg.seed + info.rank)
     noise = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + info.rank)
     model.to(device)
+    if cfg.init_weights and not (cfg.resume and ckpt_path.is_file()):
+        _warm_start(model, cfg.init_weights, run_config.get("task"), device)
     ema = EMA(model, cfg.ema_power, cfg.ema_max_decay) if cfg.ema else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps))

@@ -183,6 +183,7 @@ def test_bad_trainer_config_names_the_field(values, field):
     ("sampler.steps=0", "sampler.steps must be an integer >= 1"),
     ("process=flow process.prediction=epsilon", "process.prediction: 'epsilon' cannot recover x0"),
     ("trainer.max_steps=0", "trainer.max_steps must be an integer >= 1"),
+    ("trainer.init_weights=nowhere/model.safetensors", "trainer.init_weights: no weights file at nowhere/model.safetensors"),
 ])
 def test_cli_reports_bad_config(override, message, tmp_path, capsys):
     from scidiff.cli import main
@@ -313,3 +314,27 @@ def test_truncated_or_foreign_checkpoints_name_the_file(tmp_path, content):
     weights.write_bytes(content or b"\xff" * 64)
     with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file \(expected scidiff weights"):
         load_inference(weights)
+
+
+def test_warm_start_begins_at_the_given_weights_and_refuses_ones_that_do_not_fit(tmp_path):
+    data, loss_fn = _toy_setup()
+    torch.manual_seed(0)
+    first = train(MLPDenoiser(hidden=32, depth=2), data, loss_fn, _config(tmp_path, "first"))
+    saved, _ = load_inference(first.out_dir / "model.safetensors")
+    seen = {}
+
+    def recording_loss(net, batch, generator):
+        seen.setdefault("start", {k: v.detach().clone() for k, v in net.state_dict().items()})
+        return loss_fn(net, batch, generator)
+
+    torch.manual_seed(1)  # another initialisation, which the warm start must replace
+    warm_cfg = _config(tmp_path, "warm", max_steps=5, init_weights=str(first.out_dir / "model.safetensors"))
+    warm = train(MLPDenoiser(hidden=32, depth=2), data, recording_loss, warm_cfg)
+    assert seen["start"].keys() == saved.keys()
+    assert all(torch.equal(seen["start"][k], saved[k]) for k in saved)
+    assert not all(torch.equal(a, saved[k]) for k, a in warm.model.state_dict().items())  # and then it trains
+
+    with pytest.raises(ValueError, match=r"trainer\.init_weights=.*do not fit this model"):
+        train(MLPDenoiser(hidden=16, depth=2), data, loss_fn, _config(tmp_path, "narrow", init_weights=warm_cfg.init_weights))
+    with pytest.raises(FileNotFoundError, match=r"trainer\.init_weights: no weights file at .*missing\.safetensors"):
+        _config(tmp_path, "missing", init_weights=str(tmp_path / "missing.safetensors"))
