@@ -7,6 +7,10 @@ that fails it, for the rest of the cascade; ``CAGE_MAX_ITERATIONS`` in the fallb
 by embedding path, the molecules whose seeds differ, and on those the minimum heavy-atom RMSD to DFT after MMFF94.
 
     OMP_NUM_THREADS=1 python benchmarks/mol_embedding_budget.py --limit 3000
+    OMP_NUM_THREADS=1 python benchmarks/mol_embedding_budget.py --limit 0 --drugs 200   # seeding time on drugs only
+
+``--drugs N`` also times both settings on the first N GEOM-DRUGS test molecules (drug-sized; no DFT geometry there, so
+time, conformers and changed molecules only: timing a setting is not tuning it).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from collections import Counter
 import numpy as np
 from rdkit import Chem
 
+from scidiff.data import data_path
 from scidiff.mol import forcefield
 from scidiff.mol.build import qm9_reserved_gdb_ids
-from scidiff.mol.evaluate import ground_state_rmsd
+from scidiff.mol.evaluate import GEOM_DRUGS_TEST_SMILES, ground_state_rmsd, load_reference_set
 from scidiff.mol.io import read_qm9
 
 SETTINGS = {"rdkit_default": (0, 2000), "budget": (forcefield.PROBE_ATTEMPTS, forcefield.CAGE_MAX_ITERATIONS)}
@@ -41,11 +46,31 @@ def seeds(mols: list[Chem.Mol], n: int, probe: int, cage: int) -> tuple[list[Che
     return out, cpu
 
 
+def changed_molecules(old: list[Chem.Mol], new: list[Chem.Mol]) -> list[int]:
+    """Indices of the molecules whose seeds differ between two runs (count or any coordinate)."""
+    return [i for i, (a, b) in enumerate(zip(old, new)) if a.GetNumConformers() != b.GetNumConformers()
+            or any(not np.array_equal(x.GetPositions(), y.GetPositions())
+                   for x, y in zip(a.GetConformers(), b.GetConformers()))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=3000, help="first N molecules of the training split")
     parser.add_argument("-n", type=int, default=5, help="conformers per molecule")
+    parser.add_argument("--drugs", type=int, default=0, help="also time the first N GEOM-DRUGS test molecules")
     args = parser.parse_args(argv)
+    if args.drugs:
+        drugs = load_reference_set(str(data_path(GEOM_DRUGS_TEST_SMILES)), limit=args.drugs,
+                                   smiles_column="corrected_smiles")
+        runs = {name: seeds(drugs["inputs"], args.n, *budget) for name, budget in SETTINGS.items()}
+        for name, (out, cpu) in runs.items():
+            print(f"GEOM-DRUGS test, {name} {SETTINGS[name]}: {len(out)} molecules, {cpu:.1f} CPU-s, "
+                  f"{sum(m.GetNumConformers() for m in out)} conformers", flush=True)
+        changed = changed_molecules(runs["rdkit_default"][0], runs["budget"][0])
+        print(f"GEOM-DRUGS test: seeding {runs['rdkit_default'][1] / runs['budget'][1]:.2f}x faster with the budget; "
+              f"{len(changed)} molecules with other seeds", flush=True)
+    if args.limit < 1:
+        return 0
     reserved = qm9_reserved_gdb_ids()
     mols = [m for m in read_qm9("train", limit=args.limit).molecules if m.GetIntProp("gdb_id") not in reserved]
     runs = {name: seeds(mols, args.n, *budget) for name, budget in SETTINGS.items()}
@@ -54,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} {SETTINGS[name]}: {len(mols)} molecules, {cpu:.1f} CPU-s, "
               f"{sum(paths.values())} conformers {dict(paths)}", flush=True)
     (old, old_cpu), (new, new_cpu) = runs["rdkit_default"], runs["budget"]
-    changed = [i for i, (a, b) in enumerate(zip(old, new)) if a.GetNumConformers() != b.GetNumConformers()
-               or any(not np.array_equal(x.GetPositions(), y.GetPositions())
-                      for x, y in zip(a.GetConformers(), b.GetConformers()))]
+    changed = changed_molecules(old, new)
     print(f"seeding {old_cpu / new_cpu:.2f}x faster; {len(changed)} molecules with other seeds", flush=True)
     for name, (out, _) in runs.items():
         rmsd = []

@@ -38,11 +38,10 @@ import time
 import torch
 
 from scidiff.data import data_path
-from scidiff.mol.evaluate import (DELTAS_DRUGS, clustered_generator, compare_table, evaluate_method,
-                                  load_reference_set, save_results)
+from scidiff.mol.evaluate import (DELTAS_DRUGS, GEOM_DRUGS_TEST_SMILES, clustered_generator, compare_table,
+                                  evaluate_method, load_reference_set, save_results)
 from scidiff.mol.pipeline import get_generator
 
-DRUGS_TEST = "geom/DRUGS_test_smiles_corrected.csv"
 OVERSAMPLE = 10  # etkdg_mmff_10x_clustered: conformers generated per conformer kept
 
 
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start = time.perf_counter()
 
-    drugs = load_reference_set(str(data_path(DRUGS_TEST)), limit=args.limit, smiles_column="corrected_smiles")
+    drugs = load_reference_set(str(data_path(GEOM_DRUGS_TEST_SMILES)), limit=args.limit, smiles_column="corrected_smiles")
     if not args.no_validity:
         print(f"part 1: {len(drugs['inputs'])} of the first {args.limit} DRUGS test molecules "
               f"({len(drugs['skipped'])} skipped), n={args.num_conformers}", flush=True)

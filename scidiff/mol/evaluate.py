@@ -35,6 +35,7 @@ __all__ = [
     "DELTAS_QM9",
     "DELTAS_DRUGS",
     "REFERENCE_SETS",
+    "GEOM_DRUGS_TEST_SMILES",
     "rmsd_matrix",
     "coverage_metrics",
     "evaluate_coverage",
@@ -63,6 +64,8 @@ REFERENCE_SETS = {
     "geom-qm9": ("reference/geom_qm9_ref.sdf", DELTAS_QM9),
     "geom-drugs": ("reference/geom_drugs_ref.sdf", DELTAS_DRUGS),
 }
+# GeoMol's DRUGS test molecules (data-root relative; SMILES in column corrected_smiles): inputs of the drug benchmarks
+GEOM_DRUGS_TEST_SMILES = "geom/DRUGS_test_smiles_corrected.csv"
 
 
 # ----------------------------------------------------------------------------------------------- RMSD metrics

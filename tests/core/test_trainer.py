@@ -335,6 +335,7 @@ def test_warm_start_begins_at_the_given_weights_and_refuses_ones_that_do_not_fit
     assert not all(torch.equal(a, saved[k]) for k, a in warm.model.state_dict().items())  # and then it trains
 
     with pytest.raises(ValueError, match=r"trainer\.init_weights=.*do not fit this model"):
-        train(MLPDenoiser(hidden=16, depth=2), data, loss_fn, _config(tmp_path, "narrow", init_weights=warm_cfg.init_weights))
+        train(MLPDenoiser(hidden=16, depth=2), data, loss_fn,
+              _config(tmp_path, "narrow", init_weights=warm_cfg.init_weights))
     with pytest.raises(FileNotFoundError, match=r"trainer\.init_weights: no weights file at .*missing\.safetensors"):
         _config(tmp_path, "missing", init_weights=str(tmp_path / "missing.safetensors"))
