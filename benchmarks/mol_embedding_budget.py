@@ -53,6 +53,20 @@ def changed_molecules(old: list[Chem.Mol], new: list[Chem.Mol]) -> list[int]:
                    for x, y in zip(a.GetConformers(), b.GetConformers()))]
 
 
+def compare_settings(mols: list[Chem.Mol], n: int, label: str = "") -> tuple[dict, list[int]]:
+    """Seed ``mols`` under every setting; print CPU seconds, conformers by path and the speed-up; return the runs
+    and the molecules whose seeds differ."""
+    runs = {name: seeds(mols, n, *budget) for name, budget in SETTINGS.items()}
+    for name, (out, cpu) in runs.items():
+        paths = Counter(c.GetProp(forcefield.EMBEDDING_PROP) for m in out for c in m.GetConformers())
+        print(f"{label}{name} {SETTINGS[name]}: {len(mols)} molecules, {cpu:.1f} CPU-s, "
+              f"{sum(paths.values())} conformers {dict(paths)}", flush=True)
+    (old, old_cpu), (new, new_cpu) = runs["rdkit_default"], runs["budget"]
+    changed = changed_molecules(old, new)
+    print(f"{label}seeding {old_cpu / new_cpu:.2f}x faster; {len(changed)} molecules with other seeds", flush=True)
+    return runs, changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=3000, help="first N molecules of the training split")
@@ -62,25 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.drugs:
         drugs = load_reference_set(str(data_path(GEOM_DRUGS_TEST_SMILES)), limit=args.drugs,
                                    smiles_column="corrected_smiles")
-        runs = {name: seeds(drugs["inputs"], args.n, *budget) for name, budget in SETTINGS.items()}
-        for name, (out, cpu) in runs.items():
-            print(f"GEOM-DRUGS test, {name} {SETTINGS[name]}: {len(out)} molecules, {cpu:.1f} CPU-s, "
-                  f"{sum(m.GetNumConformers() for m in out)} conformers", flush=True)
-        changed = changed_molecules(runs["rdkit_default"][0], runs["budget"][0])
-        print(f"GEOM-DRUGS test: seeding {runs['rdkit_default'][1] / runs['budget'][1]:.2f}x faster with the budget; "
-              f"{len(changed)} molecules with other seeds", flush=True)
+        compare_settings(drugs["inputs"], args.n, "GEOM-DRUGS test, ")
     if args.limit < 1:
         return 0
     reserved = qm9_reserved_gdb_ids()
     mols = [m for m in read_qm9("train", limit=args.limit).molecules if m.GetIntProp("gdb_id") not in reserved]
-    runs = {name: seeds(mols, args.n, *budget) for name, budget in SETTINGS.items()}
-    for name, (out, cpu) in runs.items():
-        paths = Counter(c.GetProp(forcefield.EMBEDDING_PROP) for m in out for c in m.GetConformers())
-        print(f"{name} {SETTINGS[name]}: {len(mols)} molecules, {cpu:.1f} CPU-s, "
-              f"{sum(paths.values())} conformers {dict(paths)}", flush=True)
-    (old, old_cpu), (new, new_cpu) = runs["rdkit_default"], runs["budget"]
-    changed = changed_molecules(old, new)
-    print(f"seeding {old_cpu / new_cpu:.2f}x faster; {len(changed)} molecules with other seeds", flush=True)
+    runs, changed = compare_settings(mols, args.n)
     for name, (out, _) in runs.items():
         rmsd = []
         for i in changed:

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start = time.perf_counter()
 
-    drugs = load_reference_set(str(data_path(GEOM_DRUGS_TEST_SMILES)), limit=args.limit, smiles_column="corrected_smiles")
+    drugs = load_reference_set(str(data_path(GEOM_DRUGS_TEST_SMILES)), limit=args.limit,
+                               smiles_column="corrected_smiles")
     if not args.no_validity:
         print(f"part 1: {len(drugs['inputs'])} of the first {args.limit} DRUGS test molecules "
               f"({len(drugs['skipped'])} skipped), n={args.num_conformers}", flush=True)
