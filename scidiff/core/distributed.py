@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "close_distributed", "all_gather_objects"]
+__all__ = ["DistInfo", "init_distributed", "wait_for_all_ranks", "close_distributed", "all_gather_objects"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def wait_for_all_ranks(info: DistInfo) -> None:
+    """Block until every rank gets here; a no-op in a single process."""
+    if info.enabled:
+        dist.barrier()
 
 
 def close_distributed() -> None:

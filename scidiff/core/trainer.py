@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import (check_task, load_inference, load_training_state, read_run_state, remove_stale_temps,
                          save_inference, save_training_state)
-from .distributed import DistInfo, all_gather_objects, close_distributed, init_distributed
+from .distributed import DistInfo, all_gather_objects, close_distributed, init_distributed, wait_for_all_ranks
 from .ema import EMA
 
 __all__ = ["TrainConfig", "TrainResult", "train", "shuffled_batches", "warmup_cosine", "resolve_device", "move_to",
@@ -421,6 +421,9 @@ def train(
                 model.train()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 checkpoint()
+        # Other ranks return from checkpoint() while rank 0 still writes; tearing gloo down under a peer that is
+        # still connected aborts the process ("terminate called without an active exception").
+        wait_for_all_ranks(info)
     finally:
         if progress is not None:
             progress.close()
