@@ -207,7 +207,9 @@ def test_bundled_image_policy_is_the_pixel_env_default_and_pushes_the_t(tmp_path
     assert policy.cameras == {"img": (96, 96, 3)} and policy.env_id == PIXELS_ENV and policy.obs_dim == 2
     assert BUNDLED_IMAGE_WEIGHTS.stat().st_size < 20e6
     run_config = load_inference(BUNDLED_IMAGE_WEIGHTS)[1]
-    assert run_config["data"]["max_train_episodes"] == 90 and run_config["policy"]["vision"]["width"] == 16
+    # Stage 2 of the README's recipe: warm-started from the 90-episode weights, trained on all episodes.
+    assert run_config["data"]["max_train_episodes"] is None and run_config["trainer"]["init_weights"]
+    assert run_config["policy"]["vision"]["width"] == 16
     # The CLI picks the image policy for the pixels env; 6 full episodes of Chi et al.'s test seeds.
     assert main(["policy", "rollout", "--env", PIXELS_ENV, "--episodes", "6", "--num-envs", "6", "--no-progress",
                  "--json", str(tmp_path / "s.json")]) == 0
