@@ -28,6 +28,7 @@ __all__ = [
     "signature_from_3d",
     "check_stereo",
     "check_conformers",
+    "is_achiral",
     "mirror_conformer",
     "fix_stereo",
     "fix_conformers",
@@ -165,6 +166,12 @@ def check_conformers(mol: Chem.Mol, reference: Chem.Mol | StereoSignature | None
     """A StereoReport for every conformer of ``mol`` (reference: the mol's own tags when None)."""
     ref = as_signature(mol if reference is None else reference)
     return [check_stereo(mol, conf.GetId(), ref) for conf in mol.GetConformers()]
+
+
+def is_achiral(mol: Chem.Mol) -> bool:
+    """No tetrahedral stereocentre, specified or potential (ring cis/trans included): the mirror image of any
+    conformer is then a conformer of the same molecule, with the same atom labels and every E/Z kept."""
+    return not any(info.type == Chem.StereoType.Atom_Tetrahedral for info in Chem.FindPotentialStereo(Chem.Mol(mol)))
 
 
 def mirror_conformer(mol: Chem.Mol, conf_id: int) -> None:

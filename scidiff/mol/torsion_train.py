@@ -30,6 +30,7 @@ from scidiff.core.checkpoint import save_inference
 from .chem import Failure, MoleculeError
 from .generate import pack_batches
 from .io import read_conformers
+from .stereo import is_achiral
 from .torsion_data import MATCHED, examples_of
 from .torsion_generate import TorsionGraph, collate, torsion_graph, torsion_item, torsion_score_fn
 from .torsion_head import build_torsion_model
@@ -38,6 +39,7 @@ from .train import _prepared, node_balanced_batches
 __all__ = ["TorsionExamples", "ZeroScore", "torsion_loss", "validation_loss", "train_from_config"]
 
 log = logging.getLogger(__name__)
+MIRROR = torch.tensor([-1.0, 1.0, 1.0])  # x -> -x, the reflection of stereo.mirror_conformer
 
 
 @dataclass
@@ -60,10 +62,15 @@ class TorsionExamples(Dataset):
         return sizes[[g for g, _ in self.examples]]
 
     @classmethod
-    def from_sdf(cls, paths: Sequence[str | Path], skipped: list[Failure], max_match_rmsd: float | None = None
-                 ) -> "TorsionExamples":
+    def from_sdf(cls, paths: Sequence[str | Path], skipped: list[Failure], max_match_rmsd: float | None = None,
+                 mirror_achiral: bool = False) -> "TorsionExamples":
         """Examples of every torsion-pair SDF (file or folder) of ``paths``; ``max_match_rmsd`` (Å) drops examples whose
-        matching left the local structure that far from its reference (another ring pucker, say)."""
+        matching left the local structure that far from its reference (another ring pucker, say).
+
+        ``mirror_achiral`` adds, for every molecule without a stereocentre, each example's mirror image (every
+        torsion negated). The head is parity-odd, so for such a molecule it can only represent a score with
+        s(-tau) = -s(tau), the score of a mirror-symmetric ensemble; a finite MMFF94 ensemble is not symmetric, and
+        its mirror images (same energy, valid conformers) make the data one the model can fit."""
         graphs: list[TorsionGraph] = []
         examples: list[tuple[int, Tensor]] = []
         for path in paths:
@@ -81,7 +88,10 @@ class TorsionExamples(Dataset):
                 if not graph.bonds or not matched:
                     continue
                 graphs.append(graph)
-                examples += [(len(graphs) - 1, torch.tensor(c.GetPositions(), dtype=torch.float32)) for c in matched]
+                positions = [torch.tensor(c.GetPositions(), dtype=torch.float32) for c in matched]
+                if mirror_achiral and is_achiral(mol):
+                    positions += [pos * MIRROR for pos in positions]
+                examples += [(len(graphs) - 1, pos) for pos in positions]
         if not examples:
             raise ValueError(f"data: no torsion examples in {list(paths)}; build them with `scidiff mol build torsion-pairs`")
         return cls(graphs, examples)
@@ -146,7 +156,8 @@ def train_from_config(cfg: dict[str, Any]):
     trainer_cfg = TrainConfig.from_mapping(cfg["trainer"])
     data_cfg = cfg["data"]
     skipped: list[Failure] = []
-    dataset = TorsionExamples.from_sdf(data_cfg["sdf"], skipped, data_cfg.get("max_match_rmsd"))
+    dataset = TorsionExamples.from_sdf(data_cfg["sdf"], skipped, data_cfg.get("max_match_rmsd"),
+                                       bool(data_cfg.get("mirror_achiral", False)))
     held_out = TorsionExamples.from_sdf(data_cfg["validation_sdf"], skipped, data_cfg.get("max_match_rmsd")) \
         if data_cfg.get("validation_sdf") else None
     for item in skipped:

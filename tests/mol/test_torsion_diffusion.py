@@ -119,3 +119,25 @@ def test_generation_with_a_torsion_checkpoint_writes_valid_stereo_kept_sdf(run, 
     default = tmp_path / "default.sdf"  # without the option: today's refiner path, records unchanged in kind
     generate(inputs[:1], default, n=1, method="scidiff")
     assert not next(iter(Chem.SDMolSupplier(str(default), removeHs=False))).HasProp("method_used")
+
+
+def test_mirroring_adds_negated_torsions_for_achiral_molecules_only(data):
+    from scidiff.mol.stereo import is_achiral
+
+    folders = [data / "train", data / "validation"]  # all three molecules
+    plain = TorsionExamples.from_sdf(folders, [])
+    mirrored = TorsionExamples.from_sdf(folders, [], mirror_achiral=True)
+    mols = [prepare_mol(m) for f in folders for m in read_conformers(f)]  # the graphs, in the same order
+    achiral = [is_achiral(m) for m in mols]
+    assert any(achiral) and not all(achiral)  # the cinnamate, and ibuprofen / the alanine ester
+    counts = np.bincount([g for g, _ in plain.examples], minlength=len(mols))
+    assert len(mirrored) == len(plain) + sum(int(c) for c, a in zip(counts, achiral) if a)
+    for g, a in enumerate(achiral):
+        torsions = [mirrored[i].torsions for i, (h, _) in enumerate(mirrored.examples) if h == g]
+        if not a:
+            assert len(torsions) == counts[g]
+            continue
+        first, images = torsions[:counts[g]], torsions[counts[g]:]
+        assert len(images) == counts[g]
+        for t, m in zip(first, images):  # the mirror image negates every torsion (wrapped: pi and -pi agree)
+            assert torch.allclose(torch.remainder(t + m + np.pi, 2 * np.pi) - np.pi, torch.zeros_like(t), atol=1e-4)
