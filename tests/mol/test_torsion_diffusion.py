@@ -141,3 +141,11 @@ def test_mirroring_adds_negated_torsions_for_achiral_molecules_only(data):
         assert len(images) == counts[g]
         for t, m in zip(first, images):  # the mirror image negates every torsion (wrapped: pi and -pi agree)
             assert torch.allclose(torch.remainder(t + m + np.pi, 2 * np.pi) - np.pi, torch.zeros_like(t), atol=1e-4)
+
+
+
+def test_mirror_achiral_must_be_a_boolean(data, tmp_path, capsys):
+    assert main(["train", "experiment=mol_torsion", f"data.sdf=[{data / 'train'}]", "data.mirror_achiral=no",
+                 f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_steps=1", *TINY]) != 0
+    assert "data.mirror_achiral must be a boolean" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
