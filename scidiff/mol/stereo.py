@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import numpy as np
 from rdkit import Chem
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "check_stereo",
     "check_conformers",
     "is_achiral",
+    "mirror_positions",
     "mirror_conformer",
     "fix_stereo",
     "fix_conformers",
@@ -174,12 +176,15 @@ def is_achiral(mol: Chem.Mol) -> bool:
     return not any(info.type == Chem.StereoType.Atom_Tetrahedral for info in Chem.FindPotentialStereo(Chem.Mol(mol)))
 
 
+def mirror_positions(positions: np.ndarray) -> np.ndarray:
+    """Reflected coordinates (N, 3) through the yz plane (x -> -x): inverts every centre, keeps every E/Z."""
+    return positions * np.array([-1.0, 1.0, 1.0])
+
+
 def mirror_conformer(mol: Chem.Mol, conf_id: int) -> None:
-    """Reflect a conformer through the yz plane (x -> -x), in place: inverts every centre, keeps every E/Z."""
+    """Reflect a conformer in place (``mirror_positions``)."""
     conf = mol.GetConformer(conf_id)
-    positions = conf.GetPositions()
-    positions[:, 0] *= -1.0
-    for i, p in enumerate(positions):
+    for i, p in enumerate(mirror_positions(conf.GetPositions())):
         conf.SetAtomPosition(i, p.tolist())
 
 

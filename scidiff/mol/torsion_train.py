@@ -30,7 +30,7 @@ from scidiff.core.checkpoint import save_inference
 from .chem import Failure, MoleculeError
 from .generate import pack_batches
 from .io import read_conformers
-from .stereo import is_achiral
+from .stereo import is_achiral, mirror_positions
 from .torsion_data import MATCHED, examples_of
 from .torsion_generate import TorsionGraph, collate, torsion_graph, torsion_item, torsion_score_fn
 from .torsion_head import build_torsion_model
@@ -39,7 +39,6 @@ from .train import _prepared, node_balanced_batches
 __all__ = ["TorsionExamples", "ZeroScore", "torsion_loss", "validation_loss", "train_from_config"]
 
 log = logging.getLogger(__name__)
-MIRROR = torch.tensor([-1.0, 1.0, 1.0])  # x -> -x, the reflection of stereo.mirror_conformer
 
 
 @dataclass
@@ -89,10 +88,10 @@ class TorsionExamples(Dataset):
                 if not graph.bonds or not matched:
                     continue
                 graphs.append(graph)
-                positions = [torch.tensor(c.GetPositions(), dtype=torch.float32) for c in matched]
+                positions = [c.GetPositions() for c in matched]
                 if mirror_achiral and is_achiral(mol):
-                    positions += [pos * MIRROR for pos in positions]
-                examples += [(len(graphs) - 1, pos) for pos in positions]
+                    positions += [mirror_positions(pos) for pos in positions]
+                examples += [(len(graphs) - 1, torch.tensor(pos, dtype=torch.float32)) for pos in positions]
         if not examples:
             raise ValueError(f"data: no torsion examples in {list(paths)}; build them with `scidiff mol build torsion-pairs`")
         return cls(graphs, examples)

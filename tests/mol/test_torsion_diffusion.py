@@ -143,7 +143,6 @@ def test_mirroring_adds_negated_torsions_for_achiral_molecules_only(data):
             assert torch.allclose(torch.remainder(t + m + np.pi, 2 * np.pi) - np.pi, torch.zeros_like(t), atol=1e-4)
 
 
-
 def test_mirror_achiral_must_be_a_boolean(data, tmp_path, capsys):
     assert main(["train", "experiment=mol_torsion", f"data.sdf=[{data / 'train'}]", "data.mirror_achiral=no",
                  f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_steps=1", *TINY]) != 0
