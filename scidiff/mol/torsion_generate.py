@@ -26,7 +26,7 @@ from torch_geometric.data import Batch, Data
 from scidiff.core import Diffusion, SamplerSpec, build_diffusion, build_sampler, load_run
 from scidiff.core.torus import wrap
 
-from .chem import MoleculeError
+from .chem import MoleculeError, bonds_from_3d_match
 from .featurize import featurize
 from .forcefield import etkdg_conformers
 from .generate import ConformerModel, pack_batches
@@ -131,10 +131,13 @@ def sample_torsions(model: nn.Module, diffusion: Diffusion, sampler: SamplerSpec
 
 
 def torsional_conformers(mols: Sequence[Chem.Mol], model: ConformerModel, n: int, seed: int = 0,
-                         max_atoms: int = 4096) -> list[Chem.Mol]:
+                         max_atoms: int = 4096, max_resample: int = 3) -> list[Chem.Mol]:
     """n conformers per prepared molecule: ETKDGv3 + MMFF94 local structures (conformer i from seed + i, as
     ``etkdg_mmff``), with the torsions of the rotatable bonds sampled by the model. Molecules without rotatable bonds
-    keep their local structures. Every conformer's ``torsional`` property says whether it was sampled (1) or not (0)."""
+    keep their local structures. A sample that puts atoms within bonding distance of each other (its bonds perceived
+    from 3D are not the molecule's: ``chem.bonds_from_3d_match``) is drawn again from the same local structure, up to
+    ``max_resample`` times, and then left at its local structure. Every conformer's ``torsional`` property says whether
+    it was sampled (1) or not (0)."""
     out = [etkdg_conformers(mol, n, seed, mmff=True) for mol in mols]
     graphs: dict[int, TorsionGraph] = {}
     for index, mol in enumerate(out):
@@ -147,15 +150,27 @@ def torsional_conformers(mols: Sequence[Chem.Mol], model: ConformerModel, n: int
                 name = mol.GetProp("_Name") if mol.HasProp("_Name") else f"input {index}"
                 log.warning("torsional sampling skipped for %s: %s", name, exc.reason)
     jobs = [(m, conf.GetId()) for m in graphs for conf in out[m].GetConformers()]
+    local = {job: out[job[0]].GetConformer(job[1]).GetPositions() for job in jobs}
     generator = torch.Generator(device=next(model.net.parameters()).device).manual_seed(seed)
-    for group in pack_batches([graphs[m].graph.num_nodes for m, _ in jobs], max_atoms):
-        local = [out[jobs[j][0]].GetConformer(jobs[j][1]).GetPositions() for j in group]
-        coords = sample_torsions(model.net, model.diffusion, model.sampler, [graphs[jobs[j][0]] for j in group], local,
-                                 generator)
-        for j, xyz in zip(group, coords):
-            conf = out[jobs[j][0]].GetConformer(jobs[j][1])
-            conf.SetPositions(xyz.double().numpy())
-            conf.SetIntProp("torsional", 1)
-            if conf.HasProp("mmff_energy"):  # the local structure's energy; the sampled torsions change it
-                conf.ClearProp("mmff_energy")
+    for _ in range(1 + max_resample):
+        clashing = []
+        for group in pack_batches([graphs[m].graph.num_nodes for m, _ in jobs], max_atoms):
+            coords = sample_torsions(model.net, model.diffusion, model.sampler, [graphs[jobs[j][0]] for j in group],
+                                     [local[jobs[j]] for j in group], generator)
+            for j, xyz in zip(group, coords):
+                (m, conf_id), conf = jobs[j], out[jobs[j][0]].GetConformer(jobs[j][1])
+                conf.SetPositions(xyz.double().numpy())
+                if bonds_from_3d_match(out[m], conf_id):
+                    conf.SetIntProp("torsional", 1)
+                    if conf.HasProp("mmff_energy"):  # the local structure's energy; the sampled torsions change it
+                        conf.ClearProp("mmff_energy")
+                else:
+                    conf.SetPositions(local[jobs[j]])
+                    clashing.append(jobs[j])
+        jobs = clashing
+        if not jobs:
+            break
+    if jobs:
+        log.info("torsional sampling: %d conformers kept at their local structures after %d clashing samples each",
+                 len(jobs), 1 + max_resample)
     return out

@@ -9,6 +9,14 @@ translations and changes sign when the geometry and the chirality tags are mirro
 dihedral angle must (a reflection negates every dihedral). With the tags held fixed a mirrored geometry is the other
 enantiomer, and the head answers differently, which is what makes it chirality-aware.
 
+With ``harmonics`` > 0 the head adds a torsion Fourier term, the derivative of a force field's torsion energy
+sum_n V_n cos(n phi) (MMFF94's form): over every dihedral (a, i, j, b) of the bond, a and b any neighbours of i and j,
+sum_n c_n sin(n phi) with coefficients c_n from the backbone's invariant (0e) features of a, i, j, b. Turning the bond
+shifts each of these dihedrals by the same angle, so the term is a score of the bond's torsion; sin is odd, so it keeps
+the head's parity, and the reversed dihedral (b, j, i, a) has the same angle and, symmetrised, the same coefficients.
+It gives the network the periodic preferences of each bond type directly, which the tensor-product readout must
+otherwise find from the geometry.
+
 The head's output is the score in units of its typical size: Jing et al. 2022 scale it by sqrt(score_norm(sigma)),
 the weighting of ``scidiff.core.torus_score_loss`` (``torsion_score`` does both).
 """
@@ -25,10 +33,10 @@ from scidiff.core.torus import score_norm
 
 from .denoiser import ConformerDenoiser, DenoiserConfig, _mlp, cosine_envelope, gaussian_smearing
 
-__all__ = ["TorsionScoreHead", "backbone_features", "bond_neighbourhoods", "torsion_score", "TorsionScoreModel",
-           "build_torsion_model"]
+__all__ = ["TorsionPrior", "TorsionScoreHead", "backbone_features", "bond_neighbourhoods", "bond_dihedrals", "dihedral_angles",
+           "torsion_score", "TorsionScoreModel", "build_torsion_model"]
 
-HEAD_FIELDS = ("head_scalars", "head_cutoff")  # the model section's fields that are the head's, not the backbone's
+HEAD_FIELDS = ("head_scalars", "head_cutoff", "head_harmonics", "head_prior")  # the model section's fields that are the head's, not the backbone's
 
 
 def backbone_features(backbone: ConformerDenoiser, x: Tensor, t: Tensor, graph: Data) -> Tensor:
@@ -57,10 +65,68 @@ def bond_neighbourhoods(x: Tensor, batch: Tensor, bonds: Tensor, bond_batch: Ten
     return torch.stack([bond_of[inside], atom[inside]]), vec[inside], cosine_envelope(dist[inside], cutoff)
 
 
+def bond_dihedrals(graph: Data, bonds: Tensor) -> tuple[Tensor, Tensor]:
+    """Every dihedral (a, i, j, b) of the bonds (i, j) = ``bonds`` (2, T): a a bonded neighbour of i other than j, b
+    one of j other than i, from the graph's 1-hop edges. Returns the bond of each (Q,) and the quadruples (4, Q)."""
+    bonded = graph.edge_attr[:, 0] > 0.5  # the first edge feature is the 1-hop one-hot (featurize)
+    src, dst = graph.edge_index[:, bonded]
+    # (bond, edge) pairs: the edge's source is a neighbour of i (left) or of j (right), the bond itself left out
+    left_bond, left_edge = torch.nonzero((dst[None] == bonds[0][:, None]) & (src[None] != bonds[1][:, None]),
+                                         as_tuple=True)
+    right_bond, right_edge = torch.nonzero((dst[None] == bonds[1][:, None]) & (src[None] != bonds[0][:, None]),
+                                           as_tuple=True)
+    left, right = torch.nonzero(left_bond[:, None] == right_bond[None], as_tuple=True)
+    bond_of = left_bond[left]
+    quads = torch.stack([src[left_edge[left]], bonds[0][bond_of], bonds[1][bond_of], src[right_edge[right]]])
+    return bond_of, quads
+
+
+def dihedral_angles(x: Tensor, quads: Tensor) -> Tensor:
+    """Dihedrals of quadruples (4, Q) at coordinates x (N, 3) with ``torsion.dihedral``'s sign (IUPAC, as RDKit), in
+    torch so that the head runs on the model's device (numpy's ``torsion.dihedral`` is the data side's)."""
+    b1, b2, b3 = (x[quads[k + 1]] - x[quads[k]] for k in range(3))
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    return torch.atan2(b2.norm(dim=-1) * (b1 * n2).sum(-1), (n1 * n2).sum(-1))
+
+
+class TorsionPrior(nn.Module):
+    """A torsion prior per bond from the molecular graph alone, and its exact score under wrapped-normal noise.
+
+    The density of a bond's torsion tau is p(tau) = 1 + sum over the bond's dihedrals q = (a, i, j, b) and n of
+    a_qn cos(n phi_q), phi_q = tau + const; a_qn from the atoms' graph features (no geometry, so it is a torsion library
+    learnt from the data, as ETKDG's are from crystal structures). Noise of width sigma damps harmonic n by
+    exp(-n^2 sigma^2 / 2), so the noised density, and its score d/dtau log p_sigma, are exact for this model at every
+    sigma: the network does not have to learn how the prior fades with the noise. sum |a_qn| <= 0.95 keeps p > 0."""
+
+    def __init__(self, node_dim: int, hidden: int, harmonics: int):
+        super().__init__()
+        self.harmonics = harmonics
+        self.mlp = _mlp([4 * node_dim, hidden, harmonics])
+        self.gain = nn.Parameter(torch.zeros(()))  # starts as the uniform prior (zero score)
+
+    def forward(self, x: Tensor, graph: Data, bonds: Tensor, sigma: Tensor) -> Tensor:
+        """The prior's score (T,) of each bond's torsion at coordinates x, noise sigma (T,)."""
+        bond_of, (a, i, j, b) = bond_dihedrals(graph, bonds)
+        f = graph.x.to(x.dtype)
+        # symmetric in the dihedral's direction: (a, i, j, b) and (b, j, i, a) are the same angle
+        coef = self.gain * (self.mlp(torch.cat([f[a], f[i], f[j], f[b]], dim=-1))
+                            + self.mlp(torch.cat([f[b], f[j], f[i], f[a]], dim=-1)))
+        num_bonds = bonds.shape[1]
+        total = scatter(coef.abs().sum(-1), bond_of, dim=0, dim_size=num_bonds, reduce="sum")
+        coef = coef / (total / 0.95).clamp_min(1.0)[bond_of, None]
+        n = torch.arange(1, self.harmonics + 1, dtype=x.dtype, device=x.device)
+        damped = coef * torch.exp(-0.5 * n**2 * sigma.to(x.dtype)[bond_of, None] ** 2)
+        phi = dihedral_angles(x, torch.stack([a, i, j, b]))[:, None] * n
+        density = 1 + scatter((damped * torch.cos(phi)).sum(-1), bond_of, dim=0, dim_size=num_bonds, reduce="sum")
+        slope = -scatter((n * damped * torch.sin(phi)).sum(-1), bond_of, dim=0, dim_size=num_bonds, reduce="sum")
+        return slope / density
+
+
 class TorsionScoreHead(nn.Module):
     """Per rotatable bond, a pseudoscalar from a bond-centred tensor product over the backbone's atom features."""
 
-    def __init__(self, backbone: ConformerDenoiser, num_scalars: int | None = None, cutoff: float | None = 5.0):
+    def __init__(self, backbone: ConformerDenoiser, num_scalars: int | None = None, cutoff: float | None = 5.0,
+                 harmonics: int = 0, prior_harmonics: int = 0):
         super().__init__()
         config = backbone.config
         self.backbone, self.cutoff = backbone, cutoff
@@ -77,6 +143,13 @@ class TorsionScoreHead(nn.Module):
         self.odd_in = nn.Linear(s, s, bias=False)
         self.gate = nn.Linear(s, s)
         self.odd_out = nn.Linear(s, 1, bias=False)
+        # Torsion Fourier term: c_1..c_harmonics per dihedral from the invariant features of its four atoms.
+        self.harmonics = harmonics
+        self.fourier = _mlp([4 * s_in, config.edge_dim, harmonics]) if harmonics > 0 else None
+        # Starts at zero: the readout's loss is ~1 at initialisation, and a unit-size random term would add ~3 to it.
+        self.fourier_gain = nn.Parameter(torch.zeros(())) if harmonics > 0 else None
+        from .featurize import NODE_DIM
+        self.prior = TorsionPrior(NODE_DIM, config.edge_dim, prior_harmonics) if prior_harmonics > 0 else None
 
     def forward(self, x: Tensor, t: Tensor, graph: Data, bonds: Tensor, bond_batch: Tensor | None = None) -> Tensor:
         """Scores (T,) of the rotatable bonds ``bonds`` (2, T) (atom indices into x) at coordinates x (N, 3), network
@@ -98,7 +171,23 @@ class TorsionScoreHead(nn.Module):
         norm = scatter(weight, bond_of, dim=0, dim_size=num_bonds, reduce="sum").clamp_min(1.0).sqrt()
         pooled = scatter(messages, bond_of, dim=0, dim_size=num_bonds, reduce="sum") / norm[:, None]
         odd, even = pooled[:, : self.num_scalars], pooled[:, self.num_scalars:]
-        return self.odd_out(torch.tanh(self.odd_in(odd)) * torch.sigmoid(self.gate(even))).squeeze(-1)
+        out = self.odd_out(torch.tanh(self.odd_in(odd)) * torch.sigmoid(self.gate(even))).squeeze(-1)
+        if self.fourier is not None:
+            out = out + self.fourier_term(x, graph, bonds, scalars)
+        return out
+
+    def fourier_term(self, x: Tensor, graph: Data, bonds: Tensor, scalars: Tensor) -> Tensor:
+        """sum over the bond's dihedrals of sum_n c_n sin(n phi), over sqrt(their number) (T,)."""
+        bond_of, (a, i, j, b) = bond_dihedrals(graph, bonds)
+        angle = dihedral_angles(x, torch.stack([a, i, j, b]))
+        # symmetric in the dihedral's direction: (a, i, j, b) and (b, j, i, a) are the same angle
+        coefficients = (self.fourier(torch.cat([scalars[a], scalars[i], scalars[j], scalars[b]], dim=-1))
+                        + self.fourier(torch.cat([scalars[b], scalars[j], scalars[i], scalars[a]], dim=-1)))
+        n = torch.arange(1, self.harmonics + 1, dtype=x.dtype, device=x.device)
+        per_dihedral = (coefficients * torch.sin(angle[:, None] * n)).sum(-1)
+        num_bonds = bonds.shape[1]
+        count = scatter(torch.ones_like(angle), bond_of, dim=0, dim_size=num_bonds, reduce="sum").clamp_min(1.0)
+        return self.fourier_gain * scatter(per_dihedral, bond_of, dim=0, dim_size=num_bonds, reduce="sum") / count.sqrt()
 
 
 def torsion_score(head: TorsionScoreHead, x: Tensor, t: Tensor, graph: Data, bonds: Tensor, sigma: Tensor,
@@ -106,25 +195,34 @@ def torsion_score(head: TorsionScoreHead, x: Tensor, t: Tensor, graph: Data, bon
     """The head's output times sqrt(score_norm(sigma)) per bond (sigma (T,)): a score of the torsion angles at the
     scale of the wrapped-normal score (Jing et al. 2022), for ``score_denoiser`` and ``torus_score_loss``."""
     out = head(x, t, graph, bonds, bond_batch)
-    return out * score_norm(sigma.to(torch.float64)).sqrt().to(out.dtype)
+    score = out * score_norm(sigma.to(torch.float64)).sqrt().to(out.dtype)
+    prior = getattr(head, "prior", None)  # TorsionScoreHead and TorsionScoreModel have one; other score nets none
+    return score if prior is None else score + prior(x, graph, bonds, sigma)
 
 
 class TorsionScoreModel(nn.Module):
     """The e3nn conformer backbone with a torsion score head: ``forward(x, t, graph, bonds, bond_batch)`` -> (T,)."""
 
     def __init__(self, backbone: DenoiserConfig | None = None, head_scalars: int | None = None,
-                 head_cutoff: float | None = 5.0):
+                 head_cutoff: float | None = 5.0, head_harmonics: int = 0, head_prior: int = 0):
         super().__init__()
         self.backbone_config, self.head_scalars, self.head_cutoff = backbone or DenoiserConfig(), head_scalars, head_cutoff
-        self.head = TorsionScoreHead(ConformerDenoiser(self.backbone_config), head_scalars, head_cutoff)
+        self.head_harmonics, self.head_prior = head_harmonics, head_prior
+        self.head = TorsionScoreHead(ConformerDenoiser(self.backbone_config), head_scalars, head_cutoff, head_harmonics,
+                                     head_prior)
 
     def forward(self, x: Tensor, t: Tensor, graph: Data, bonds: Tensor, bond_batch: Tensor | None = None) -> Tensor:
         return self.head(x, t, graph, bonds, bond_batch)
 
+    @property
+    def prior(self) -> "TorsionPrior | None":
+        return self.head.prior
+
     def __deepcopy__(self, memo: dict) -> "TorsionScoreModel":
         """A rebuilt copy with the same weights (e3nn's generated modules do not deep-copy cleanly; see the backbone)."""
         reference = next(self.parameters())
-        clone = type(self)(self.backbone_config, self.head_scalars, self.head_cutoff).to(
+        clone = type(self)(self.backbone_config, self.head_scalars, self.head_cutoff, self.head_harmonics,
+                           self.head_prior).to(
             device=reference.device, dtype=reference.dtype)
         clone.load_state_dict(self.state_dict())
         clone.train(self.training)
@@ -133,10 +231,15 @@ class TorsionScoreModel(nn.Module):
 
 
 def build_torsion_model(model_cfg: dict) -> TorsionScoreModel:
-    """The model of a ``model`` section: DenoiserConfig fields for the backbone plus head_scalars, head_cutoff."""
+    """The model of a ``model`` section: DenoiserConfig fields for the backbone plus head_scalars, head_cutoff,
+    head_harmonics (0: no torsion Fourier term; runs saved before it existed have none)."""
     fields = {k: v for k, v in model_cfg.items() if k != "name" and k not in HEAD_FIELDS}
     try:
         backbone = DenoiserConfig(**fields)
     except TypeError as exc:
         raise ValueError(f"model: {exc}") from None
-    return TorsionScoreModel(backbone, model_cfg.get("head_scalars"), model_cfg.get("head_cutoff", 5.0))
+    harmonics = model_cfg.get("head_harmonics", 0)
+    if not isinstance(harmonics, int) or harmonics < 0:
+        raise ValueError(f"model.head_harmonics: expected an integer >= 0, got {harmonics!r}")
+    return TorsionScoreModel(backbone, model_cfg.get("head_scalars"), model_cfg.get("head_cutoff", 5.0), harmonics,
+                             model_cfg.get("head_prior", 0))

@@ -49,6 +49,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="start each chunk after an episode's first from the previous plan shifted by Ta, noised to "
                         "process time T (e.g. 40 of the 100 VP steps), instead of from noise (SDEdit)")
     p.add_argument("--num-envs", type=int, default=10, help="envs stepped together (one batched prediction each)")
+    p.add_argument("--noise-seed", type=int, default=0,
+                   help="seed of the sampler's noise (default 0); repeat an evaluation with several to see its noise")
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit, >= 1 (default: the env's, 300 for PushT)")
     p.add_argument("--chi-initial-states", action="store_true",
                    help="gym-pusht only: start episode i from Chi et al.'s legacy initial state of seed SEED+i "
@@ -143,12 +145,13 @@ def _run_rollout(args: argparse.Namespace) -> int:
         policy, env_id, episodes=args.episodes, seed=args.seed, sampler=sampler,
         num_envs=args.num_envs, max_steps=args.max_steps, video_episodes=args.video_episodes if args.video else 0,
         reset_options=reset_options, progress=not args.no_progress, warm_start=args.warm_start,
+        generator_seed=args.noise_seed,
     )
     regression = policy.objective == "regression"
     summary = summarize(results, latencies, checkpoint=str(args.checkpoint), env=env_id,
                         sampler="regression" if regression else sampler.name,
                         steps=1 if regression else sampler.options.get("calls", sampler.steps),
-                        warm_start=args.warm_start, seed=args.seed,
+                        warm_start=args.warm_start, seed=args.seed, noise_seed=args.noise_seed,
                         num_envs=min(args.num_envs, args.episodes), chi_initial_states=args.chi_initial_states)
     if args.video:
         summary["video"] = str(args.video)

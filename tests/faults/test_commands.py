@@ -34,7 +34,7 @@ def _help(*path: str) -> str:
 
 
 @pytest.mark.parametrize("path, options", [
-    (("policy", "rollout"), ["--sampler", "--steps", "--num-envs", "--episodes", "--video-episodes"]),
+    (("policy", "rollout"), ["--sampler", "--steps", "--num-envs", "--noise-seed", "--episodes", "--video-episodes"]),
     (("mol", "generate"), ["--sampler", "--steps", "--seed", "--batch-size", "--max-resample", "--unassigned-stereo"]),
     (("mol", "evaluate"), ["--seed", "--batch-size", "--strain-steps"]),
     (("mol", "build"), ["--conformers", "--shard-size", "--seed"]),

@@ -64,7 +64,7 @@ def test_batched_rotation_is_set_torsions_and_the_loss_reaches_every_weight(data
         assert np.abs(moved[span].double().numpy() - expected).max() < 1e-4
         first += len(bonds)
     model = build_torsion_model({"num_scalars": 4, "num_vectors": 2, "num_tensors": 0, "num_layers": 1, "time_dim": 8,
-                                 "edge_dim": 8, "num_rbf": 8, "head_scalars": 4})
+                                 "edge_dim": 8, "num_rbf": 8, "head_scalars": 4, "head_harmonics": 3})
     loss = torsion_loss(build_diffusion({"name": "torus"}), dataset.graphs, model, batch, torch.Generator().manual_seed(0))
     loss.backward()
     unused = "head.backbone.head."  # the backbone's own 1o output: the torsion head reads the features before it
@@ -121,6 +121,34 @@ def test_generation_with_a_torsion_checkpoint_writes_valid_stereo_kept_sdf(run, 
     assert not next(iter(Chem.SDMolSupplier(str(default), removeHs=False))).HasProp("method_used")
 
 
+@pytest.mark.parametrize("clash_rounds", [1, 99])
+def test_clashing_torsion_samples_are_redrawn_then_left_at_the_local_structure(run, monkeypatch, clash_rounds):
+    """A sample whose atoms overlap (bonds perceived from 3D are not the molecule's) is drawn again from the same local
+    structure; after max_resample redraws it stays at its local structure, marked torsional = 0."""
+    import scidiff.mol.torsion_generate as tg
+
+    calls = []
+
+    def fake_sample(net, diffusion, sampler, graphs, local, generator):
+        calls.append(len(local))
+        coords = [torch.tensor(pos, dtype=torch.float32) for pos in local]
+        if len(calls) <= clash_rounds:
+            for xyz in coords:
+                xyz[0] = xyz[-1] + 0.1  # atom 0 onto the last hydrogen: a bond no molecule has
+        return coords
+
+    monkeypatch.setattr(tg, "sample_torsions", fake_sample)
+    mol = prepare_mol(Chem.MolFromSmiles("C[C@@H](N)C(=O)OCc1ccccc1"))
+    local = tg.etkdg_conformers(mol, 3, 0, mmff=True)
+    out = tg.torsional_conformers([mol], load_torsion_model(run / "model.safetensors"), 3, seed=0, max_resample=2)[0]
+    sampled = [c.GetIntProp("torsional") for c in out.GetConformers()]
+    assert calls == [3] * min(clash_rounds + 1, 3)
+    assert sampled == ([1, 1, 1] if clash_rounds == 1 else [0, 0, 0])
+    for conf, before in zip(out.GetConformers(), local.GetConformers()):
+        assert np.allclose(conf.GetPositions(), before.GetPositions(), atol=1e-5)  # redrawn or restored, never clashing
+        assert tg.bonds_from_3d_match(out, conf.GetId())
+
+
 def test_mirroring_adds_negated_torsions_for_achiral_molecules_only(data):
     from scidiff.mol.stereo import is_achiral
 
@@ -148,3 +176,10 @@ def test_mirror_achiral_must_be_a_boolean(data, tmp_path, capsys):
                  f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_steps=1", *TINY]) != 0
     assert "data.mirror_achiral must be a boolean" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_head_harmonics_must_be_a_non_negative_integer(data, tmp_path, capsys):
+    assert main(["train", "experiment=mol_torsion", f"data.sdf=[{data / 'train'}]", "model.head_harmonics=-1",
+                 f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_steps=1", *TINY]) != 0
+    assert "model.head_harmonics: expected an integer >= 0, got -1" in capsys.readouterr().err
+    assert not list((tmp_path / "run").glob("*.safetensors")) and not (tmp_path / "run" / "checkpoints").exists()

@@ -82,6 +82,27 @@ def test_rollout_cli_writes_summary_json_and_video(tmp_path, capsys, monkeypatch
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 3
 
 
+def test_noise_seed_seeds_the_sampler_noise(tmp_path, monkeypatch):
+    """--noise-seed reaches the rollout as the seed of the sampler's generator and is recorded; the same seed repeats
+    the episodes exactly (a 50-episode score's sampling noise is measured by changing it)."""
+    import scidiff.policy.rollout as rollout_module
+
+    seeds, real = [], rollout_module.rollout
+    monkeypatch.setattr(rollout_module, "rollout", lambda *a, **kw: seeds.append(kw["generator_seed"]) or real(*a, **kw))
+    path = save_policy(tiny_policy(obs_dim=20), tmp_path / "p.safetensors")
+
+    def run(noise_seed):
+        out = tmp_path / f"r{noise_seed}.json"
+        assert main(["policy", "rollout", "--checkpoint", str(path), "--env", "scidiff/PushT-keypoints-v0",
+                     "--episodes", "2", "--max-steps", "16", "--steps", "2", "--noise-seed", str(noise_seed),
+                     "--json", str(out), "--no-progress"]) == 0
+        return json.loads(out.read_text())
+
+    first, again = run(3), run(3)
+    assert seeds == [3, 3] and first["noise_seed"] == 3
+    assert first["per_episode"] == again["per_episode"]
+
+
 def test_pusht_summary_reports_average_max_coverage(tmp_path):
     policy = tiny_policy(obs_dim=20)
     results, latencies, _ = rollout(policy, "scidiff/PushT-keypoints-v0", episodes=2, steps=1, max_steps=16,
