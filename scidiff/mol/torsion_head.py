@@ -15,7 +15,8 @@ sum_n c_n sin(n phi) with coefficients c_n from the backbone's invariant (0e) fe
 shifts each of these dihedrals by the same angle, so the term is a score of the bond's torsion; sin is odd, so it keeps
 the head's parity, and the reversed dihedral (b, j, i, a) has the same angle and, symmetrised, the same coefficients.
 It gives the network the periodic preferences of each bond type directly, which the tensor-product readout must
-otherwise find from the geometry.
+otherwise find from the geometry. With ``prior_harmonics`` > 0 ``torsion_score`` adds ``TorsionPrior``'s exact score
+of a torsion library learnt from the graph alone (measured against both: the README's torsional section).
 
 The head's output is the score in units of its typical size: Jing et al. 2022 scale it by sqrt(score_norm(sigma)),
 the weighting of ``scidiff.core.torus_score_loss`` (``torsion_score`` does both).
@@ -32,11 +33,13 @@ from torch_geometric.utils import scatter
 from scidiff.core.torus import score_norm
 
 from .denoiser import ConformerDenoiser, DenoiserConfig, _mlp, cosine_envelope, gaussian_smearing
+from .featurize import NODE_DIM
 
-__all__ = ["TorsionPrior", "TorsionScoreHead", "backbone_features", "bond_neighbourhoods", "bond_dihedrals", "dihedral_angles",
-           "torsion_score", "TorsionScoreModel", "build_torsion_model"]
+__all__ = ["TorsionPrior", "TorsionScoreHead", "backbone_features", "bond_neighbourhoods", "bond_dihedrals",
+           "dihedral_angles", "torsion_score", "TorsionScoreModel", "build_torsion_model"]
 
-HEAD_FIELDS = ("head_scalars", "head_cutoff", "head_harmonics", "head_prior")  # the model section's fields that are the head's, not the backbone's
+# the model section's fields that are the head's, not the backbone's
+HEAD_FIELDS = ("head_scalars", "head_cutoff", "head_harmonics", "head_prior")
 
 
 def backbone_features(backbone: ConformerDenoiser, x: Tensor, t: Tensor, graph: Data) -> Tensor:
@@ -148,7 +151,6 @@ class TorsionScoreHead(nn.Module):
         self.fourier = _mlp([4 * s_in, config.edge_dim, harmonics]) if harmonics > 0 else None
         # Starts at zero: the readout's loss is ~1 at initialisation, and a unit-size random term would add ~3 to it.
         self.fourier_gain = nn.Parameter(torch.zeros(())) if harmonics > 0 else None
-        from .featurize import NODE_DIM
         self.prior = TorsionPrior(NODE_DIM, config.edge_dim, prior_harmonics) if prior_harmonics > 0 else None
 
     def forward(self, x: Tensor, t: Tensor, graph: Data, bonds: Tensor, bond_batch: Tensor | None = None) -> Tensor:
@@ -187,13 +189,15 @@ class TorsionScoreHead(nn.Module):
         per_dihedral = (coefficients * torch.sin(angle[:, None] * n)).sum(-1)
         num_bonds = bonds.shape[1]
         count = scatter(torch.ones_like(angle), bond_of, dim=0, dim_size=num_bonds, reduce="sum").clamp_min(1.0)
-        return self.fourier_gain * scatter(per_dihedral, bond_of, dim=0, dim_size=num_bonds, reduce="sum") / count.sqrt()
+        pooled = scatter(per_dihedral, bond_of, dim=0, dim_size=num_bonds, reduce="sum")
+        return self.fourier_gain * pooled / count.sqrt()
 
 
 def torsion_score(head: TorsionScoreHead, x: Tensor, t: Tensor, graph: Data, bonds: Tensor, sigma: Tensor,
                   bond_batch: Tensor | None = None) -> Tensor:
     """The head's output times sqrt(score_norm(sigma)) per bond (sigma (T,)): a score of the torsion angles at the
-    scale of the wrapped-normal score (Jing et al. 2022), for ``score_denoiser`` and ``torus_score_loss``."""
+    scale of the wrapped-normal score (Jing et al. 2022), for ``score_denoiser`` and ``torus_score_loss``; plus the
+    head's ``TorsionPrior`` score, already in score units, when it has one."""
     out = head(x, t, graph, bonds, bond_batch)
     score = out * score_norm(sigma.to(torch.float64)).sqrt().to(out.dtype)
     prior = getattr(head, "prior", None)  # TorsionScoreHead and TorsionScoreModel have one; other score nets none
@@ -232,14 +236,16 @@ class TorsionScoreModel(nn.Module):
 
 def build_torsion_model(model_cfg: dict) -> TorsionScoreModel:
     """The model of a ``model`` section: DenoiserConfig fields for the backbone plus head_scalars, head_cutoff,
-    head_harmonics (0: no torsion Fourier term; runs saved before it existed have none)."""
+    head_harmonics (0: no torsion Fourier term) and head_prior (0: no TorsionPrior); runs saved before these existed
+    have neither."""
     fields = {k: v for k, v in model_cfg.items() if k != "name" and k not in HEAD_FIELDS}
     try:
         backbone = DenoiserConfig(**fields)
     except TypeError as exc:
         raise ValueError(f"model: {exc}") from None
-    harmonics = model_cfg.get("head_harmonics", 0)
-    if not isinstance(harmonics, int) or harmonics < 0:
-        raise ValueError(f"model.head_harmonics: expected an integer >= 0, got {harmonics!r}")
-    return TorsionScoreModel(backbone, model_cfg.get("head_scalars"), model_cfg.get("head_cutoff", 5.0), harmonics,
-                             model_cfg.get("head_prior", 0))
+    counts = {name: model_cfg.get(name, 0) for name in ("head_harmonics", "head_prior")}
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"model.{name}: expected an integer >= 0, got {value!r}")
+    return TorsionScoreModel(backbone, model_cfg.get("head_scalars"), model_cfg.get("head_cutoff", 5.0),
+                             counts["head_harmonics"], counts["head_prior"])

@@ -178,8 +178,10 @@ def test_mirror_achiral_must_be_a_boolean(data, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_head_harmonics_must_be_a_non_negative_integer(data, tmp_path, capsys):
-    assert main(["train", "experiment=mol_torsion", f"data.sdf=[{data / 'train'}]", "model.head_harmonics=-1",
+@pytest.mark.parametrize("field", ["head_harmonics", "head_prior"])
+def test_head_term_sizes_must_be_non_negative_integers(data, tmp_path, capsys, field):
+    assert main(["train", "experiment=mol_torsion", f"data.sdf=[{data / 'train'}]",
+                 f"data.validation_sdf=[{data / 'validation'}]", f"model.{field}=-1",
                  f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_steps=1", *TINY]) != 0
-    assert "model.head_harmonics: expected an integer >= 0, got -1" in capsys.readouterr().err
+    assert f"model.{field}: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert not list((tmp_path / "run").glob("*.safetensors")) and not (tmp_path / "run" / "checkpoints").exists()

@@ -147,7 +147,7 @@ def test_fourier_term_is_a_periodic_score_of_the_bond(float64):
 
 def test_torsion_prior_score_is_the_exact_score_of_its_noised_density(float64):
     """The graph-only prior's score at noise sigma equals d/dtau log of its density convolved with the wrapped normal,
-    computed here by quadrature over a full turn of the bond; its density stays positive; it is odd under a reflection."""
+    computed here by quadrature over a full turn of the bond; it is odd under a reflection."""
     mol, g, bonds = molecule("S-ibuprofen")
     torch.manual_seed(0)
     prior = TorsionPrior(g.x.shape[1], 16, 3)
