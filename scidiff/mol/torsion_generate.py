@@ -158,15 +158,16 @@ def torsional_conformers(mols: Sequence[Chem.Mol], model: ConformerModel, n: int
             coords = sample_torsions(model.net, model.diffusion, model.sampler, [graphs[jobs[j][0]] for j in group],
                                      [local[jobs[j]] for j in group], generator)
             for j, xyz in zip(group, coords):
-                (m, conf_id), conf = jobs[j], out[jobs[j][0]].GetConformer(jobs[j][1])
+                m, conf_id = jobs[j]
+                conf = out[m].GetConformer(conf_id)
                 conf.SetPositions(xyz.double().numpy())
-                if bonds_from_3d_match(out[m], conf_id):
-                    conf.SetIntProp("torsional", 1)
-                    if conf.HasProp("mmff_energy"):  # the local structure's energy; the sampled torsions change it
-                        conf.ClearProp("mmff_energy")
-                else:
+                if not bonds_from_3d_match(out[m], conf_id):
                     conf.SetPositions(local[jobs[j]])
                     clashing.append(jobs[j])
+                    continue
+                conf.SetIntProp("torsional", 1)
+                if conf.HasProp("mmff_energy"):  # the local structure's energy; the sampled torsions change it
+                    conf.ClearProp("mmff_energy")
         jobs = clashing
         if not jobs:
             break

@@ -92,6 +92,14 @@ def dihedral_angles(x: Tensor, quads: Tensor) -> Tensor:
     return torch.atan2(b2.norm(dim=-1) * (b1 * n2).sum(-1), (n1 * n2).sum(-1))
 
 
+def _dihedral_coefficients(mlp: nn.Module, features: Tensor, quads: Tensor) -> Tensor:
+    """Per dihedral (a, i, j, b) of quads (4, Q), mlp of its four atoms' features, summed over both directions: the
+    reversed dihedral (b, j, i, a) is the same angle, so it must get the same coefficients."""
+    a, i, j, b = quads
+    return (mlp(torch.cat([features[a], features[i], features[j], features[b]], dim=-1))
+            + mlp(torch.cat([features[b], features[j], features[i], features[a]], dim=-1)))
+
+
 class TorsionPrior(nn.Module):
     """A torsion prior per bond from the molecular graph alone, and its exact score under wrapped-normal noise.
 
@@ -109,17 +117,14 @@ class TorsionPrior(nn.Module):
 
     def forward(self, x: Tensor, graph: Data, bonds: Tensor, sigma: Tensor) -> Tensor:
         """The prior's score (T,) of each bond's torsion at coordinates x, noise sigma (T,)."""
-        bond_of, (a, i, j, b) = bond_dihedrals(graph, bonds)
-        f = graph.x.to(x.dtype)
-        # symmetric in the dihedral's direction: (a, i, j, b) and (b, j, i, a) are the same angle
-        coef = self.gain * (self.mlp(torch.cat([f[a], f[i], f[j], f[b]], dim=-1))
-                            + self.mlp(torch.cat([f[b], f[j], f[i], f[a]], dim=-1)))
+        bond_of, quads = bond_dihedrals(graph, bonds)
+        coef = self.gain * _dihedral_coefficients(self.mlp, graph.x.to(x.dtype), quads)
         num_bonds = bonds.shape[1]
         total = scatter(coef.abs().sum(-1), bond_of, dim=0, dim_size=num_bonds, reduce="sum")
         coef = coef / (total / 0.95).clamp_min(1.0)[bond_of, None]
         n = torch.arange(1, self.harmonics + 1, dtype=x.dtype, device=x.device)
         damped = coef * torch.exp(-0.5 * n**2 * sigma.to(x.dtype)[bond_of, None] ** 2)
-        phi = dihedral_angles(x, torch.stack([a, i, j, b]))[:, None] * n
+        phi = dihedral_angles(x, quads)[:, None] * n
         density = 1 + scatter((damped * torch.cos(phi)).sum(-1), bond_of, dim=0, dim_size=num_bonds, reduce="sum")
         slope = -scatter((n * damped * torch.sin(phi)).sum(-1), bond_of, dim=0, dim_size=num_bonds, reduce="sum")
         return slope / density
@@ -180,15 +185,12 @@ class TorsionScoreHead(nn.Module):
 
     def fourier_term(self, x: Tensor, graph: Data, bonds: Tensor, scalars: Tensor) -> Tensor:
         """sum over the bond's dihedrals of sum_n c_n sin(n phi), over sqrt(their number) (T,)."""
-        bond_of, (a, i, j, b) = bond_dihedrals(graph, bonds)
-        angle = dihedral_angles(x, torch.stack([a, i, j, b]))
-        # symmetric in the dihedral's direction: (a, i, j, b) and (b, j, i, a) are the same angle
-        coefficients = (self.fourier(torch.cat([scalars[a], scalars[i], scalars[j], scalars[b]], dim=-1))
-                        + self.fourier(torch.cat([scalars[b], scalars[j], scalars[i], scalars[a]], dim=-1)))
+        bond_of, quads = bond_dihedrals(graph, bonds)
+        coefficients = _dihedral_coefficients(self.fourier, scalars, quads)
         n = torch.arange(1, self.harmonics + 1, dtype=x.dtype, device=x.device)
-        per_dihedral = (coefficients * torch.sin(angle[:, None] * n)).sum(-1)
+        per_dihedral = (coefficients * torch.sin(dihedral_angles(x, quads)[:, None] * n)).sum(-1)
         num_bonds = bonds.shape[1]
-        count = scatter(torch.ones_like(angle), bond_of, dim=0, dim_size=num_bonds, reduce="sum").clamp_min(1.0)
+        count = torch.bincount(bond_of, minlength=num_bonds).clamp_min(1).to(x.dtype)
         pooled = scatter(per_dihedral, bond_of, dim=0, dim_size=num_bonds, reduce="sum")
         return self.fourier_gain * pooled / count.sqrt()
 
