@@ -16,7 +16,9 @@ Two parts, every method on the same molecules:
 
 Methods are the pipeline's generators, plus ``scidiff_torsional`` (``scidiff`` with --torsion-checkpoint: torsional
 diffusion on ETKDG + MMFF94 local structures, then the refiner) and ``etkdg_mmff_10x_clustered`` (ETKDG + MMFF94 with
-10x the conformers, clustered down by k-centre on heavy-atom RMSD; ``evaluate.clustered_generator``) and
+10x the conformers, clustered down by k-centre on heavy-atom RMSD; ``evaluate.clustered_generator``), any method
+with ``_then_mmff`` appended (its conformers MMFF94-relaxed, as ``scidiff mol generate --relax mmff``;
+``evaluate.relaxed_generator``) and
 ``scidiff_all_sizes`` (the refiner on every molecule, ``--refine-outside-domain``; plain ``scidiff`` leaves molecules
 outside the refiner's training domain, here nearly all, at their ETKDG + MMFF94 seeds).
 
@@ -39,18 +41,22 @@ import torch
 
 from scidiff.data import data_path
 from scidiff.mol.evaluate import (DELTAS_DRUGS, GEOM_DRUGS_TEST_SMILES, clustered_generator, compare_table,
-                                  evaluate_method, load_reference_set, save_results)
+                                  evaluate_method, load_reference_set, relaxed_generator, save_results)
 from scidiff.mol.pipeline import get_generator
 
 OVERSAMPLE = 10  # etkdg_mmff_10x_clustered: conformers generated per conformer kept
+RELAXED_SUFFIX = "_then_mmff"  # any method's conformers, then MMFF94-relaxed (evaluate.relaxed_generator)
 
 
-def generator(method: str, torsion_checkpoint: str | None):
+def generator(method: str, torsion_checkpoint: str | None, torsion_t_start: float | None = None):
     """(generate_fn, options) of a benchmark method name."""
+    if method.endswith(RELAXED_SUFFIX):  # e.g. scidiff_torsional_then_mmff: that method, then MMFF94 relaxation
+        fn, options = generator(method.removesuffix(RELAXED_SUFFIX), torsion_checkpoint, torsion_t_start)
+        return relaxed_generator(fn, "mmff"), options
     if method == "scidiff_torsional":
         if torsion_checkpoint is None:
             raise SystemExit("scidiff_torsional needs --torsion-checkpoint (a `scidiff train experiment=mol_torsion` run)")
-        return get_generator("scidiff"), {"torsion_checkpoint": torsion_checkpoint}
+        return get_generator("scidiff"), {"torsion_checkpoint": torsion_checkpoint, "torsion_t_start": torsion_t_start}
     if method == "scidiff_all_sizes":  # the refiner on every molecule, also outside its training domain
         return get_generator("scidiff"), {"refine_outside_domain": True}
     if method == f"etkdg_mmff_{OVERSAMPLE}x_clustered":
@@ -65,7 +71,7 @@ def coverage_part(ref: dict, methods: list[str], args: argparse.Namespace) -> li
           flush=True)
     results = []
     for method in methods:
-        fn, options = generator(method, args.torsion_checkpoint)
+        fn, options = generator(method, args.torsion_checkpoint, args.torsion_t_start)
         result = evaluate_method(method, fn, ref["inputs"], counts, seed=args.seed, references=ref["references"],
                                  deltas=DELTAS_DRUGS, posebusters=False, skipped=ref["skipped"], **options)
         results.append(result)
@@ -86,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-coverage", action="store_true", help="skip part 2")
     parser.add_argument("--coverage-limit", type=int, default=None, help="first N molecules of the reference set")
     parser.add_argument("--torsion-checkpoint", default=None, help="torsion model of method scidiff_torsional")
+    parser.add_argument("--torsion-t-start", type=float, default=None,
+                        help="scidiff_torsional from the local structures' own torsions noised to this sigma (radians; "
+                             "SDEdit) instead of from noise")
     parser.add_argument("--torsion-validation", default=None,
                         help="part 3: a held-out torsion-pairs folder (scidiff mol build torsion-pairs --validation)")
     parser.add_argument("--validation-limit", type=int, default=None, help="first N molecules of part 3")
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(drugs['skipped'])} skipped), n={args.num_conformers}", flush=True)
     validity = []
     for method in [] if args.no_validity else args.methods:
-        fn, options = generator(method, args.torsion_checkpoint)
+        fn, options = generator(method, args.torsion_checkpoint, args.torsion_t_start)
         result = evaluate_method(method, fn, drugs["inputs"], args.num_conformers, seed=args.seed,
                                  strain_steps=args.strain_steps, strain_limit=args.strain_limit,
                                  strain_conformers=args.strain_conformers, skipped=drugs["skipped"], **options)

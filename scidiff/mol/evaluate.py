@@ -25,13 +25,14 @@ from rdkit.Chem import rdMolAlign
 from scidiff.data import data_path
 
 from .chem import Failure, MoleculeError, bonds_from_3d_match, display_name as _name, mol_from_smiles
-from .forcefield import xtb_energy, xtb_relax
+from .forcefield import RELAXATIONS, relax_conformers, xtb_energy, xtb_relax
 from .io import SDF_SUFFIXES, format_suffix, iter_inputs, read_conformers, read_qm9
 from .pipeline import GenerateFn, run_generator
 from .stereo import check_conformers
 
 __all__ = [
     "clustered_generator",
+    "relaxed_generator",
     "DELTAS_QM9",
     "DELTAS_DRUGS",
     "REFERENCE_SETS",
@@ -332,6 +333,22 @@ def load_reference_set(reference: str, limit: int | None = None, smiles_column: 
             skipped.append(Failure(name, str(exc)))
     return {"inputs": inputs, "references": kept, "deltas": deltas, "skipped": skipped,
             "label": f"{path.name} (xTB-refined RDKit ensembles, not GEOM/CREST)"}
+
+
+def relaxed_generator(generate_fn: GenerateFn, relax: str) -> GenerateFn:
+    """``generate_fn``'s conformers relaxed in place (``forcefield.relax_conformers``: 'mmff' or 'xtb'), as
+    ``scidiff mol generate --relax`` does: scores a generator together with the force-field step a user adds."""
+    if relax not in RELAXATIONS:
+        raise ValueError(f"relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
+
+    def generate(mols: Sequence[Chem.Mol], n: int, seed: int = 0, **options: Any) -> list[Chem.Mol]:
+        out = generate_fn(mols, n, seed, **options)
+        for mol in out:
+            if mol is not None:
+                relax_conformers(mol, relax)
+        return out
+
+    return generate
 
 
 def clustered_generator(generate_fn: GenerateFn, factor: int = 10) -> GenerateFn:

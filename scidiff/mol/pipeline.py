@@ -140,7 +140,8 @@ def _model_generator(bundled: str) -> GenerateFn:
     def generate_fn(mols: Sequence[Chem.Mol], n: int, seed: int = 0, *, sampler: str | None = None,
                     steps: int | None = None, device: str | None = None, checkpoint: str | None = None,
                     core: str | None = None, torsion_checkpoint: str | None = None,
-                    refine_outside_domain: bool | None = None, **_: Any) -> list[Chem.Mol]:
+                    refine_outside_domain: bool | None = None, torsion_t_start: float | None = None,
+                    **_: Any) -> list[Chem.Mol]:
         from .generate import generate_conformers, refine_conformers
 
         model = _cached_model(checkpoint, device or "cpu", bundled)
@@ -157,7 +158,7 @@ def _model_generator(bundled: str) -> GenerateFn:
             if core is not None:
                 raise GenerationUnavailable("--core cannot be combined with --torsion-checkpoint: torsional sampling "
                                             "would move the held core; leave one of them out")
-            seeds = _torsional_seeds(mols, n, seed, torsion_checkpoint, device or "cpu", model.seeds)
+            seeds = _torsional_seeds(mols, n, seed, torsion_checkpoint, device or "cpu", model.seeds, torsion_t_start)
         else:
             seeds = _label(get_generator(model.seeds)(mols, n, seed, core=core), seed_method=model.seeds)
         unembedded = [i for i, mol in enumerate(seeds) if mol.GetNumConformers() == 0 and core is None]
@@ -186,17 +187,18 @@ def _model_generator(bundled: str) -> GenerateFn:
 
 
 def _torsional_seeds(mols: Sequence[Chem.Mol], n: int, seed: int, torsion_checkpoint: str, device: str,
-                     refiner_seeds: str) -> list[Chem.Mol]:
+                     refiner_seeds: str, t_start: float | None = None) -> list[Chem.Mol]:
     """The refiner's seeds with torsional diffusion (Jing et al. 2022): ETKDG + MMFF94 local structures whose rotatable
     bonds' torsions the torsion model samples; molecules without rotatable bonds keep their ETKDG + MMFF94 conformers,
-    the refiner's usual seeds. Every conformer's ``method_used`` property says which path made it."""
+    the refiner's usual seeds. Every conformer's ``method_used`` property says which path made it. ``t_start``: SDEdit
+    from the local structures' own torsions at that sigma (``torsional_conformers``)."""
     from .torsion_generate import torsional_conformers
 
     torsion = _cached_model(torsion_checkpoint, device, None, torsional=True)
     if torsion.seeds != refiner_seeds:
         raise GenerationUnavailable(f"--torsion-checkpoint {torsion_checkpoint}: its local structures come from "
                                     f"{torsion.seeds!r}, the refiner's seeds from {refiner_seeds!r}; they must agree")
-    seeds = torsional_conformers(mols, torsion, n, seed)
+    seeds = torsional_conformers(mols, torsion, n, seed, t_start=t_start)
     for mol in seeds:
         for conf in mol.GetConformers():
             sampled = conf.GetIntProp("torsional")

@@ -118,26 +118,30 @@ def load_torsion_model(path: str | Path, device: str | torch.device = "cpu") -> 
 
 @torch.inference_mode()
 def sample_torsions(model: nn.Module, diffusion: Diffusion, sampler: SamplerSpec, graphs: Sequence[TorsionGraph],
-                    local: Sequence[np.ndarray], generator: torch.Generator) -> list[Tensor]:
+                    local: Sequence[np.ndarray], generator: torch.Generator, t_start: float | None = None) -> list[Tensor]:
     """One torsion sample per (graph, local structure), in one batch through the core sampler: the local structure
-    with its rotatable bonds set to the sampled torsions, (N_i, 3) each."""
+    with its rotatable bonds set to the sampled torsions, (N_i, 3) each. With ``t_start`` (a sigma in radians) the
+    local structure's own torsions are noised to it and denoised from there (SDEdit, Meng et al. 2022; the core's
+    ``x_start``) instead of starting from wrapped noise at sigma = pi."""
     batch = collate([torsion_item(g, k, pos) for k, (g, pos) in enumerate(zip(graphs, local))])
     device = next(model.parameters()).device
     batch = batch.to(device)
     score = torsion_score_fn(model, diffusion.process, batch, graphs)
-    x = diffusion.sample(score, (batch.torsions.shape[0],), sampler, generator=generator, device=device).x
+    start = {} if t_start is None else {"x_start": batch.torsions, "t_start": t_start}
+    x = diffusion.sample(score, (batch.torsions.shape[0],), sampler, generator=generator, device=device, **start).x
     pos = positions_at_torsions(batch, x, graphs)
     return list(pos.float().cpu().split(batch.ptr.diff().tolist()))
 
 
 def torsional_conformers(mols: Sequence[Chem.Mol], model: ConformerModel, n: int, seed: int = 0,
-                         max_atoms: int = 4096, max_resample: int = 3) -> list[Chem.Mol]:
+                         max_atoms: int = 4096, max_resample: int = 3, t_start: float | None = None) -> list[Chem.Mol]:
     """n conformers per prepared molecule: ETKDGv3 + MMFF94 local structures (conformer i from seed + i, as
     ``etkdg_mmff``), with the torsions of the rotatable bonds sampled by the model. Molecules without rotatable bonds
     keep their local structures. A sample that puts atoms within bonding distance of each other (its bonds perceived
     from 3D are not the molecule's: ``chem.bonds_from_3d_match``) is drawn again from the same local structure, up to
     ``max_resample`` times, and then left at its local structure. Every conformer's ``torsional`` property says whether
-    it was sampled (1) or not (0)."""
+    it was sampled (1) or not (0). ``t_start``: start from the local structure's torsions noised to that sigma
+    (``sample_torsions``) rather than from noise."""
     out = [etkdg_conformers(mol, n, seed, mmff=True) for mol in mols]
     graphs: dict[int, TorsionGraph] = {}
     for index, mol in enumerate(out):
@@ -156,7 +160,7 @@ def torsional_conformers(mols: Sequence[Chem.Mol], model: ConformerModel, n: int
         clashing = []
         for group in pack_batches([graphs[m].graph.num_nodes for m, _ in jobs], max_atoms):
             coords = sample_torsions(model.net, model.diffusion, model.sampler, [graphs[jobs[j][0]] for j in group],
-                                     [local[jobs[j]] for j in group], generator)
+                                     [local[jobs[j]] for j in group], generator, t_start)
             for j, xyz in zip(group, coords):
                 m, conf_id = jobs[j]
                 conf = out[m].GetConformer(conf_id)

@@ -12,7 +12,8 @@ from rdkit import Chem
 from scidiff.mol.chem import mol_from_smiles
 from scidiff.mol.cli import main
 from scidiff.mol.evaluate import (compare_table, coverage_metrics, evaluate_coverage, evaluate_ground_state,
-                                  evaluate_method, posebusters_checks, rmsd_matrix, save_results, xtb_strain)
+                                  evaluate_method, posebusters_checks, relaxed_generator, rmsd_matrix, save_results,
+                                  xtb_strain)
 from scidiff.mol.io import read_qm9
 from scidiff.mol.pipeline import etkdg_generator, etkdg_mmff_generator
 
@@ -170,3 +171,18 @@ def test_the_table_headlines_coverage_at_the_standard_delta(deltas, headline):
     row = evaluate._summary(result)
     assert f"COV-R@{headline} mean/med" in row and f"COV-P@{headline} mean/med" in row
     assert sum(key.startswith("COV-R@") for key in row) == 1
+
+
+def test_relaxed_generator_is_the_generator_then_mmff94():
+    # ETKDG then MMFF94 relaxation is ETKDG + MMFF94 from the same seeds, conformer for conformer.
+    mol = mol_from_smiles(ASYMMETRIC)
+    relaxed = relaxed_generator(etkdg_generator, "mmff")([mol], 3, seed=5)[0]
+    direct = etkdg_mmff_generator([mol], 3, seed=5)[0]
+    raw = etkdg_generator([mol], 3, seed=5)[0]
+    assert relaxed.GetNumConformers() == direct.GetNumConformers() == 3
+    for got, want, before in zip(relaxed.GetConformers(), direct.GetConformers(), raw.GetConformers()):
+        assert np.allclose(got.GetPositions(), want.GetPositions(), atol=1e-4)
+        assert got.GetDoubleProp("mmff_energy") == pytest.approx(want.GetDoubleProp("mmff_energy"), abs=1e-4)
+        assert not np.allclose(got.GetPositions(), before.GetPositions(), atol=1e-2)  # relaxation moved it
+    with pytest.raises(ValueError, match="relax must be one of"):
+        relaxed_generator(etkdg_generator, "uff")
