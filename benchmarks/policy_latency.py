@@ -67,11 +67,13 @@ def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
     return [1000 * statistics.median(t) for t in times]
 
 
-def train_samples_per_s(policy: DiffusionPolicy, batch_size: int, iters: int, bf16: bool = False) -> float:
-    """Training throughput: loss, backward and an AdamW step on random windows of the policy's shapes (optionally
-    under bf16 autocast, as the trainer's precision=bf16)."""
+def train_samples_per_s(policy: DiffusionPolicy, batch_size: int, iters: int, bf16: bool = False,
+                        fused: bool = True) -> float:
+    """Training throughput: loss, backward and an AdamW step on random windows of the policy's shapes (fused AdamW
+    as in the trainer, or the per-tensor one it used before; optionally under bf16 autocast, the trainer's
+    precision=bf16)."""
     policy.train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=fused)
     inputs = random_inputs(policy, batch_size)
     batch = {"obs": inputs["obs_history"], "action": torch.randn(batch_size, policy.horizon, policy.action_dim)}
     if "images" in inputs:
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
     parser.add_argument("--train-iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-rounds", type=int, default=3, help="interleaved rounds of --train-variants")
     parser.add_argument("--train-variants", action="store_true",
                         help="also time training with model.compile() and with bf16 autocast, interleaved with eager fp32")
     parser.add_argument("--profile-train", action="store_true",
@@ -156,16 +159,23 @@ def main() -> None:
     compiled.compile()
     start = time.perf_counter()
     train_samples_per_s(compiled, args.batch_size, 1)
+    train_samples_per_s(compiled, args.batch_size, 1, bf16=True)
     print(json.dumps({"compile_warmup_s": round(time.perf_counter() - start, 1)}))
-    variants = {"eager fp32": (policy, False), "compile fp32": (compiled, False), "eager bf16 autocast": (policy, True)}
+    variants = {  # name: (policy, bf16 autocast, fused AdamW)
+        "eager fp32, per-tensor AdamW (before 2026-12-06)": (policy, False, False),
+        "eager fp32": (policy, False, True),
+        "compile fp32": (compiled, False, True),
+        "eager bf16 autocast": (policy, True, True),
+        "compile bf16 autocast": (compiled, True, True),
+    }
     runs: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(3):  # interleaved rounds
-        for name, (p, bf16) in variants.items():
-            runs[name].append(train_samples_per_s(p, args.batch_size, args.train_iters, bf16))
-    base = statistics.median(runs["eager fp32"])
+    for _ in range(args.train_rounds):  # interleaved rounds
+        for name, (p, bf16, fused) in variants.items():
+            runs[name].append(train_samples_per_s(p, args.batch_size, args.train_iters, bf16, fused))
+    base = statistics.median(next(iter(runs.values())))
     for name, values in runs.items():
         sps = statistics.median(values)
-        print(json.dumps({"train": name, "train_samples_per_s": round(sps, 1), "vs_eager": round(sps / base, 2)}))
+        print(json.dumps({"train": name, "train_samples_per_s": round(sps, 1), "vs_before": round(sps / base, 2)}))
 
 
 if __name__ == "__main__":

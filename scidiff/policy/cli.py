@@ -48,6 +48,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-start", type=float, default=None, metavar="T",
                    help="start each chunk after an episode's first from the previous plan shifted by Ta, noised to "
                         "process time T (e.g. 40 of the 100 VP steps), instead of from noise (SDEdit)")
+    p.add_argument("--action-steps", type=int, default=None, metavar="N",
+                   help="execute the first N of each chunk's Ta actions, then replan (default: the policy's Ta, 8 for "
+                        "PushT); fewer means more network calls per episode")
     p.add_argument("--num-envs", type=int, default=10, help="envs stepped together (one batched prediction each)")
     p.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the sampler's noise (default 0); repeat an evaluation with several to see its noise")
@@ -104,6 +107,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
                           ("--video-episodes", args.video_episodes)):
         check_int(option, value, 1)
     check_int("--max-steps", args.max_steps, 1, optional=True)
+    check_int("--action-steps", args.action_steps, 1, optional=True)
     if args.checkpoint is None:
         args.checkpoint = BUNDLED_IMAGE_WEIGHTS if args.env == PIXELS_ENV else BUNDLED_WEIGHTS
     try:
@@ -145,13 +149,14 @@ def _run_rollout(args: argparse.Namespace) -> int:
         policy, env_id, episodes=args.episodes, seed=args.seed, sampler=sampler,
         num_envs=args.num_envs, max_steps=args.max_steps, video_episodes=args.video_episodes if args.video else 0,
         reset_options=reset_options, progress=not args.no_progress, warm_start=args.warm_start,
-        generator_seed=args.noise_seed,
+        generator_seed=args.noise_seed, action_steps=args.action_steps,
     )
     regression = policy.objective == "regression"
     summary = summarize(results, latencies, checkpoint=str(args.checkpoint), env=env_id,
                         sampler="regression" if regression else sampler.name,
                         steps=1 if regression else sampler.options.get("calls", sampler.steps),
-                        warm_start=args.warm_start, seed=args.seed, noise_seed=args.noise_seed,
+                        warm_start=args.warm_start, action_steps=args.action_steps or policy.n_action_steps,
+                        seed=args.seed, noise_seed=args.noise_seed,
                         num_envs=min(args.num_envs, args.episodes), chi_initial_states=args.chi_initial_states)
     if args.video:
         summary["video"] = str(args.video)

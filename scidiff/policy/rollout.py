@@ -169,6 +169,7 @@ def rollout(
     generator_seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
     warm_start: float | None = None,
+    action_steps: int | None = None,
 ) -> tuple[list[EpisodeResult], list[float], list[list[np.ndarray]]]:
     """Run `episodes` receding-horizon episodes (To obs -> Tp actions, execute Ta; Chi et al. 2023).
 
@@ -176,9 +177,14 @@ def rollout(
     latencies in seconds (one batched predict_action call each), and the RGB frames of the first `video_episodes`
     episodes. `env_kwargs` go to gym.make (e.g. goal_radius). With `warm_start` (a process time), every chunk after
     an episode's first starts from the previous plan shifted by Ta, noised to that time (SDEdit), not from noise.
+    `action_steps` executes only the first that many of each chunk's Ta actions before replanning (default: all Ta).
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    action_steps = policy.n_action_steps if action_steps is None else action_steps
+    if not 1 <= action_steps <= policy.n_action_steps:
+        raise ValueError(f"action_steps must be in [1, the policy's n_action_steps={policy.n_action_steps}], "
+                         f"got {action_steps}")
     num_envs = min(num_envs, episodes)
     render = "rgb_array" if video_episodes > 0 else None
     obs_dim, action_dim, cameras = policy.obs_dim, policy.action_dim, bool(getattr(policy, "cameras", None))
@@ -201,7 +207,7 @@ def rollout(
                 ids = list(range(first, min(first + num_envs, episodes)))
                 wave = _run_wave(policy, vec, reader, [seed + i for i in ids], limit, sampler, steps, generator,
                                  record=[i < video_episodes for i in ids], reset_options=reset_options,
-                                 latencies=latencies, bar=bar, warm_start=warm_start)
+                                 latencies=latencies, bar=bar, warm_start=warm_start, action_steps=action_steps)
                 results += wave[0]
                 frames += [f for f, i in zip(wave[1], ids) if i < video_episodes]
     finally:
@@ -243,7 +249,8 @@ class _Tally:
 
 def _run_wave(policy, vec, reader: ObservationReader, seeds: Sequence[int], limit: int, sampler: SamplerSpec | str, steps: int, generator,
               record: list[bool], reset_options, latencies: list[float],
-              bar, warm_start: float | None = None) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
+              bar, warm_start: float | None = None,
+              action_steps: int | None = None) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
     n = vec.num_envs
     all_seeds = [int(s) for s in seeds] + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
@@ -265,15 +272,16 @@ def _run_wave(policy, vec, reader: ObservationReader, seeds: Sequence[int], limi
     while tally.running.any():
         start = time.perf_counter()
         extra = {} if warm_start is None or plan is None else \
-            {"warm_start": shift_plan(plan, policy.n_action_steps), "t_start": warm_start}
+            {"warm_start": shift_plan(plan, executed), "t_start": warm_start}
         if image_history:  # only camera policies take images (scripted stand-ins need not)
             extra["images"] = {k: torch.from_numpy(v).to(device) for k, v in image_history.items()}
         out = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
                                     generator=generator, **extra)
         plan = out.get("action_pred")
-        chunk = out["action"].cpu().numpy().astype(np.float64)
+        chunk = out["action"][:, :action_steps].cpu().numpy().astype(np.float64)
         latencies.append(time.perf_counter() - start)
-        for k in range(chunk.shape[1]):
+        executed = chunk.shape[1]
+        for k in range(executed):
             filmed = [j for j in filming if tally.running[j]]
             obs, reward, terminated, truncated, info = vec.step(chunk[:, k])
             bar.update(len(tally.record(reward, terminated, truncated, info)))

@@ -42,6 +42,23 @@ def test_vector_rollout_reads_success_at_the_terminating_step():
     assert all(1 <= r.steps < 50 for r in results) and len(latencies) == policy.calls
 
 
+def test_action_steps_replans_after_that_many_actions(tmp_path, capsys):
+    """--action-steps N executes the first N of each chunk's Ta actions, then replans: with N = Ta / 2 an episode of
+    fixed length takes twice the chunks; N outside [1, Ta] is refused, naming the option or the policy's Ta."""
+    policy = tiny_policy(obs_dim=20)  # Ta = 4
+    chunks = {}
+    for n in (4, 2):
+        _, latencies, _ = rollout(policy, "scidiff/PushT-keypoints-v0", episodes=1, steps=1, max_steps=16,
+                                  progress=False, action_steps=n)
+        chunks[n] = len(latencies)
+    assert chunks == {4: 4, 2: 8}
+    with pytest.raises(ValueError, match=r"action_steps must be in \[1, the policy's n_action_steps=4\], got 5"):
+        rollout(policy, "scidiff/PushT-keypoints-v0", episodes=1, progress=False, action_steps=5)
+    path = save_policy(policy, tmp_path / "p.safetensors")
+    assert main(["policy", "rollout", "--checkpoint", str(path), "--action-steps", "0", "--episodes", "1"]) == 2
+    assert "--action-steps must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
 def test_random_targets_rarely_succeed():
     """Random targets almost never visit both goals: the bar a trained policy must clear (see test_train.py)."""
     summary = summarize(*rollout(RandomPolicy(), "scidiff/Particle-v0", episodes=20, seed=0, progress=False)[:2])

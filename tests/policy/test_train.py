@@ -67,9 +67,10 @@ def test_trained_env_is_the_eval_env_else_the_data_env(tmp_path):
     assert policy_train.trained_env(pusht) == "scidiff/PushT-keypoints-v0"
 
 
-def test_resumed_policy_run_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the CPU keypoint recipe's precision
+def test_resumed_policy_run_equals_uninterrupted(tmp_path, monkeypatch, precision):
     common = {"trainer.max_steps": 12, "trainer.checkpoint_every": 5, "trainer.eval_every": 6, "data.episodes": 10,
-              "data.path": str(tmp_path / "data.zarr")}
+              "data.path": str(tmp_path / "data.zarr"), "trainer.precision": precision}
     monkeypatch.setattr(policy_train, "make_evaluate", lambda cfg, val: lambda policy, step: {})
     torch.manual_seed(0)
     full = policy_train.train_from_config(particle_config(tmp_path / "full", **common))
