@@ -71,6 +71,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a policy run's model.safetensors")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors")
     p.add_argument("--note", default="", help="provenance note stored in the file, e.g. the training command")
+    p.add_argument("--half", action="store_true",
+                   help="store the network's parameters in float16 (half the size; normalisers stay float32); score "
+                        "the written file, since its weights are rounded")
     p.set_defaults(policy_run=_run_export)
 
 
@@ -184,7 +187,7 @@ def _run_export(args: argparse.Namespace) -> int:
                  inputs=[args.checkpoint])
     policy = load_policy(args.checkpoint)
     run_config = {**load_inference(args.checkpoint)[1], "source": str(args.checkpoint), "note": args.note}
-    print(f"wrote {save_policy(policy, args.out, run_config=run_config)}")
+    print(f"wrote {save_policy(policy, args.out, run_config=run_config, half=args.half)}")
     return 0
 
 

@@ -274,10 +274,21 @@ def shift_plan(action_pred: Tensor, n_action_steps: int) -> Tensor:
     return torch.cat([action_pred[:, n_action_steps:], tail], dim=1)
 
 
-def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, run_config: dict[str, Any] | None = None) -> Path:
-    """Write weights, normalisers and config in the core's inference format (safetensors + JSON config), atomically."""
+def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, run_config: dict[str, Any] | None = None,
+                half: bool = False) -> Path:
+    """Write weights, normalisers and config in the core's inference format (safetensors + JSON config), atomically.
+
+    ``half`` stores the network's parameters in float16 (half the file; load_policy casts them back to float32).
+    Buffers stay as they are: the normalisers' ranges are in pixels, where float16 would round to 0.25.
+    """
+    state = policy.state_dict()
+    if half:
+        params = {name for name, p in policy.named_parameters() if p.is_floating_point()}
+        state = {k: v.half() if k in params else v for k, v in state.items()}
     config = {**(run_config or {}), "task": "policy", POLICY_CONFIG_KEY: policy.config()}
-    return save_inference(path, policy.state_dict(), config)
+    if half:
+        config["parameters_dtype"] = "float16"
+    return save_inference(path, state, config)
 
 
 def load_policy(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffusionPolicy:

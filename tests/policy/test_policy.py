@@ -85,6 +85,27 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path, objective):
     torch.testing.assert_close(loaded.action_normalizer.hi, policy.action_normalizer.hi)
 
 
+def test_half_file_stores_float16_parameters_and_float32_normalisers(tmp_path):
+    policy = make_policy()
+    policy.action_normalizer.hi.fill_(511.3)  # a pixel-scale range float16 would round (to 511.5)
+    full = save_policy(policy, tmp_path / "full.safetensors")
+    half = save_policy(policy, tmp_path / "half.safetensors", half=True)
+    state, config = load_inference(half)
+    params = {name for name, _ in policy.named_parameters()}
+    assert config["parameters_dtype"] == "float16" and params
+    assert all(state[k].dtype == (torch.float16 if k in params else policy.state_dict()[k].dtype) for k in state)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_policy(half)  # cast back to float32: the rounded parameters, the exact normalisers
+    for name, p in loaded.named_parameters():
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, dict(policy.named_parameters())[name].detach().half().float(), rtol=0, atol=0)
+    assert loaded.action_normalizer.hi.eq(511.3).all()
+    obs = toy_batch(3, seed=1)["obs"]
+    a = policy.predict_action(obs, steps=4, generator=torch.Generator().manual_seed(7))["action_pred"]
+    b = loaded.predict_action(obs, steps=4, generator=torch.Generator().manual_seed(7))["action_pred"]
+    assert 0 < (a - b).abs().max() < 1e-3 * 511.3  # rounded: close to the full-precision plan, not identical
+
+
 def test_load_rejects_files_without_config(tmp_path):
     from safetensors.torch import save_file
 
