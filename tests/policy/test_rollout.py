@@ -166,8 +166,12 @@ def test_bundled_pusht_weights_load_with_chi_horizons_and_provenance():
 
     policy = load_policy(BUNDLED_WEIGHTS)
     assert (policy.obs_dim, policy.action_dim) == (20, 2) and default_env(policy.obs_dim) == "scidiff/PushT-keypoints-v0"
-    assert policy.env_id is None  # trained before policies recorded their env: rollout falls back to default_env
+    assert policy.env_id == "scidiff/PushT-keypoints-v0"
     assert (policy.horizon, policy.n_obs_steps, policy.n_action_steps) == (16, 2, 8)
-    run_config = load_inference(BUNDLED_WEIGHTS)[1]
-    # Trained on all human episodes except the validation split (Chi et al.'s protocol caps training at 90).
+    state, run_config = load_inference(BUNDLED_WEIGHTS)
+    # experiment=pusht_keypoints_wide: all human episodes except the validation split (Chi et al.'s protocol caps
+    # training at 90), exported with float16 parameters and float32 normalisers.
     assert run_config["data"]["max_train_episodes"] is None and run_config["trainer"]["max_steps"] == 8000
+    assert run_config["model"]["down_dims"] == [64, 128, 256] and run_config["parameters_dtype"] == "float16"
+    assert state["action_normalizer.lo"].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
