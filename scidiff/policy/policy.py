@@ -282,11 +282,10 @@ def save_policy(policy: DiffusionPolicy, path: str | os.PathLike, run_config: di
     Buffers stay as they are: the normalisers' ranges are in pixels, where float16 would round to 0.25.
     """
     state = policy.state_dict()
-    if half:
-        params = {name for name, p in policy.named_parameters() if p.is_floating_point()}
-        state = {k: v.half() if k in params else v for k, v in state.items()}
     config = {**(run_config or {}), "task": "policy", POLICY_CONFIG_KEY: policy.config()}
     if half:
+        params = dict(policy.named_parameters()).keys()
+        state = {k: v.half() if k in params else v for k, v in state.items()}
         config["parameters_dtype"] = "float16"
     return save_inference(path, state, config)
 

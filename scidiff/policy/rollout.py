@@ -249,8 +249,7 @@ class _Tally:
 
 def _run_wave(policy, vec, reader: ObservationReader, seeds: Sequence[int], limit: int, sampler: SamplerSpec | str, steps: int, generator,
               record: list[bool], reset_options, latencies: list[float],
-              bar, warm_start: float | None = None,
-              action_steps: int | None = None) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
+              bar, warm_start: float | None, action_steps: int) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """One batch of episodes, one per sub-env; sub-envs beyond len(seeds) run a throwaway episode and are ignored."""
     n = vec.num_envs
     all_seeds = [int(s) for s in seeds] + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
@@ -272,7 +271,7 @@ def _run_wave(policy, vec, reader: ObservationReader, seeds: Sequence[int], limi
     while tally.running.any():
         start = time.perf_counter()
         extra = {} if warm_start is None or plan is None else \
-            {"warm_start": shift_plan(plan, executed), "t_start": warm_start}
+            {"warm_start": shift_plan(plan, action_steps), "t_start": warm_start}
         if image_history:  # only camera policies take images (scripted stand-ins need not)
             extra["images"] = {k: torch.from_numpy(v).to(device) for k, v in image_history.items()}
         out = policy.predict_action(torch.from_numpy(history).to(device), sampler=sampler, steps=steps,
@@ -280,8 +279,7 @@ def _run_wave(policy, vec, reader: ObservationReader, seeds: Sequence[int], limi
         plan = out.get("action_pred")
         chunk = out["action"][:, :action_steps].cpu().numpy().astype(np.float64)
         latencies.append(time.perf_counter() - start)
-        executed = chunk.shape[1]
-        for k in range(executed):
+        for k in range(action_steps):
             filmed = [j for j in filming if tally.running[j]]
             obs, reward, terminated, truncated, info = vec.step(chunk[:, k])
             bar.update(len(tally.record(reward, terminated, truncated, info)))
