@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="time an untrained U-Net of these widths")
     parser.add_argument("--vision-width", type=int, default=None,
                         help="time an untrained PushT camera policy with this encoder width (64 = ResNet-18)")
-    parser.add_argument("--student", default=None, help="also time this consistency student at 1 and 2 calls")
+    parser.add_argument("--student", nargs="+", default=(), help="also time these consistency students at 1 and 2 calls")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
     parser.add_argument("--train-iters", type=int, default=10)
@@ -136,17 +136,22 @@ def main() -> None:
         combos.append((policy, ENCODER, 0))
         encoder_params = sum(p.numel() for p in policy.image_encoders.parameters())
         print(f"# encoders: {encoder_params / 1e6:.2f} M parameters")
-    if args.student:
-        student = load_policy(args.student)
+    names = {id(policy): "teacher"}
+    for path in args.student:
+        student = load_policy(path)
+        names[id(student)] = f"student {path}"
         combos += [(student, sampler, steps) for sampler, steps in STUDENT_SAMPLERS]
     latencies = chunk_latencies_ms(combos, args.repeats)
     encoder_ms = next((ms for (_, sampler, _), ms in zip(combos, latencies) if sampler == ENCODER), None)
+    ddim10_ms = latencies[combos.index((policy, "ddim", 10))]  # what the few-step rows are measured against
     for (p, sampler, steps), ms in zip(combos, latencies):
         if sampler == ENCODER:
             print(json.dumps({"encoder_ms": round(ms, 2)}), flush=True)
             continue
-        row = {"policy": "student" if p.objective == "consistency" else "teacher", "sampler": sampler, "steps": steps,
-               "chunk_latency_ms": round(ms, 2), "actions_per_s_at_Ta": round(p.n_action_steps / (ms / 1000), 1)}
+        row = {"policy": names[id(p)], "parameters_m": round(sum(q.numel() for q in p.parameters()) / 1e6, 2),
+               "sampler": sampler, "steps": steps, "chunk_latency_ms": round(ms, 2),
+               "vs_teacher_ddim10": round(ddim10_ms / ms, 1),
+               "actions_per_s_at_Ta": round(p.n_action_steps / (ms / 1000), 1)}
         if encoder_ms is not None:
             row["encoder_share"] = round(encoder_ms / ms, 3)
         print(json.dumps(row), flush=True)

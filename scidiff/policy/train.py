@@ -23,8 +23,9 @@ from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 __all__ = ["load_buffer", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
-# objective=consistency: the diffusion policy file, its DDIM grid and the student's stride along it
-_DISTILL_FIELDS = ("teacher", "distill_steps", "distill_stride")
+# objective=consistency: the diffusion policy file, its DDIM grid, the student's stride along it, and optionally the
+# policy file the student starts from (another architecture, e.g. a smaller U-Net; default: a copy of the teacher)
+_DISTILL_FIELDS = ("teacher", "distill_steps", "distill_stride", "student")
 
 
 def _buffer_keys(data: dict[str, Any]) -> list[str]:
@@ -96,23 +97,41 @@ def build_policy(cfg: dict[str, Any], obs_dim: int, action_dim: int,
 
 
 def distillation_student(section: dict[str, Any]) -> DiffusionPolicy:
-    """A consistency student initialised as a copy of ``policy.teacher`` (weights, normalisers, architecture, env),
-    with the teacher attached; the windowing fields of ``section`` must agree with the teacher's."""
-    path = section.get("teacher")
-    if not path:
-        raise ValueError("policy.teacher: objective=consistency distils a trained diffusion policy; give its file")
-    if not Path(str(path)).is_file():
-        raise FileNotFoundError(f"policy.teacher: no file at {path}")
-    teacher = load_policy(path)
+    """A consistency student with ``policy.teacher`` attached, initialised as a copy of the teacher or, with
+    ``policy.student``, of that policy file (its architecture and weights: a smaller U-Net makes a faster student);
+    the student always takes the teacher's normalisers, and its windowing and noise process must agree with it."""
+    teacher = _policy_file(section, "teacher")
     config = teacher.config()
     for key in ("horizon", "n_obs_steps", "n_action_steps"):
         if key in section and int(section[key]) != config[key]:
-            raise ValueError(f"policy.{key}={section[key]} differs from the teacher's {config[key]} ({path})")
+            raise ValueError(f"policy.{key}={section[key]} differs from the teacher's {config[key]} ({section['teacher']})")
+    start = _policy_file(section, "student") if section.get("student") else teacher
+    if start is not teacher:
+        start_config = start.config()
+        # The student learns the teacher's map on the teacher's grid, in the teacher's normalised action space.
+        for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "process", "clip_sample",
+                    "cameras"):
+            if start_config[key] != config[key]:
+                raise ValueError(f"policy.student ({section['student']}) has {key}={start_config[key]}, the teacher "
+                                 f"({section['teacher']}) {config[key]}: a student must match its teacher's {key}")
+        config = start_config
     config.update(objective="consistency", distill_steps=int(section.get("distill_steps", 10)),
-                  distill_stride=int(section.get("distill_stride", 1)))
+                  distill_stride=int(section.get("distill_stride", 1)), env_id=teacher.env_id)
     student = DiffusionPolicy(**config)
-    student.load_state_dict(teacher.state_dict())
+    student.load_state_dict(start.state_dict())
+    for name in ("obs_normalizer", "action_normalizer"):
+        getattr(student, name).load_state_dict(getattr(teacher, name).state_dict())
     return student.attach_teacher(teacher)
+
+
+def _policy_file(section: dict[str, Any], field: str) -> DiffusionPolicy:
+    """The policy saved at ``policy.<field>``, with an error naming the setting when there is none."""
+    path = section.get(field)
+    if not path:
+        raise ValueError(f"policy.{field}: objective=consistency distils a trained diffusion policy; give its file")
+    if not Path(str(path)).is_file():
+        raise FileNotFoundError(f"policy.{field}: no file at {path}")
+    return load_policy(path)
 
 
 @torch.no_grad()

@@ -175,3 +175,32 @@ def test_bundled_pusht_weights_load_with_chi_horizons_and_provenance():
     assert run_config["model"]["down_dims"] == [64, 128, 256] and run_config["parameters_dtype"] == "float16"
     assert state["action_normalizer.lo"].dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in policy.parameters())
+
+
+def test_bundled_student_is_distilled_from_the_bundled_policy():
+    """The bundled consistency student names the bundled policy as its teacher, acts in its normalised space, and its
+    one call lands near the teacher's DDIM-10 plan from the same noise (far nearer than the teacher's own DDIM-1)."""
+    import gymnasium as gym
+    from scidiff.core.checkpoint import load_inference
+    from scidiff.policy import load_policy
+    from scidiff.policy.cli import BUNDLED_WEIGHTS
+
+    student_path = BUNDLED_WEIGHTS.with_name("pusht_keypoints_consistency.safetensors")
+    teacher, student = load_policy(BUNDLED_WEIGHTS), load_policy(student_path)
+    _, run_config = load_inference(student_path)
+    assert run_config["policy"]["teacher"] == "scidiff/policy/weights/pusht_keypoints.safetensors"
+    assert student.objective == "consistency" and (student.distill_steps, student.distill_stride) == (10, 5)
+    assert student.config()["down_dims"] == [32, 64, 128] and student.config()["process"] == teacher.config()["process"]
+    for name in ("obs_normalizer", "action_normalizer"):
+        for a, b in zip(getattr(student, name).state_dict().values(), getattr(teacher, name).state_dict().values()):
+            assert torch.equal(a, b)
+    env = gym.make("scidiff/PushT-keypoints-v0")
+    obs = torch.tensor(np.array([np.stack([env.reset(seed=s)[0]] * 2) for s in range(32)]), dtype=torch.float32)
+
+    def plan_error(policy, sampler, steps):  # mean distance (pixels) from the teacher's DDIM-10 plan, same noise
+        plan = policy.predict_action(obs, sampler, steps, generator=torch.Generator().manual_seed(0))["action_pred"]
+        return float((plan - reference).norm(dim=-1).mean())
+
+    reference = teacher.predict_action(obs, "ddim", 10, generator=torch.Generator().manual_seed(0))["action_pred"]
+    student_error, ddim1_error = plan_error(student, "consistency", 1), plan_error(teacher, "ddim", 1)
+    assert student_error < ddim1_error / 3, (student_error, ddim1_error)

@@ -168,3 +168,37 @@ def test_consistency_student_distils_a_teacher_file_and_acts_in_one_call(tmp_pat
         policy_train.distillation_student({**cfg["policy"], "teacher": str(tmp_path / "missing.safetensors")})
     with pytest.raises(ValueError, match="a consistency policy trains against a teacher"):
         student.compute_loss({"obs": obs, "action": torch.zeros(3, student.horizon, 2)})
+
+
+def test_a_smaller_student_starts_from_its_own_file_and_takes_the_teachers_normalisers(tmp_path):
+    """policy.student: the student keeps that file's (smaller) U-Net and weights but the teacher's normalisers and
+    grid; a student whose windowing or process differs from the teacher's is refused, naming the setting."""
+    from scidiff.policy import DiffusionPolicy, save_policy
+
+    torch.manual_seed(0)
+    policy_train.train_from_config(particle_config(tmp_path / "teacher", **{"trainer.max_steps": 2, "data.episodes": 6}))
+    teacher_file = tmp_path / "teacher" / "model.safetensors"
+    teacher = load_policy(teacher_file)
+    config = {**teacher.config(), "down_dims": [8, 16]}
+    small = DiffusionPolicy(**config).fit_normalizers(torch.randn(50, teacher.obs_dim), torch.randn(50, 2))
+    save_policy(small, tmp_path / "small.safetensors")
+    section = {"teacher": str(teacher_file), "student": str(tmp_path / "small.safetensors"), "distill_steps": 4,
+               "distill_stride": 2}
+    student = policy_train.distillation_student(section)
+    assert student.config()["down_dims"] == [8, 16] and student.objective == "consistency"
+    assert student.distill_stride == 2 and student.env_id == teacher.env_id
+    assert all(torch.equal(a, b) for a, b in zip(student.unet.parameters(), small.unet.parameters()))  # its weights
+    for name in ("obs_normalizer", "action_normalizer"):  # the teacher's normalised space, not the file's
+        for a, b in zip(getattr(student, name).state_dict().values(), getattr(teacher, name).state_dict().values()):
+            assert torch.equal(a, b)
+    cfg = particle_config(tmp_path / "student", **{
+        "trainer.max_steps": 3, "data.episodes": 6, "+policy.teacher": str(teacher_file),
+        "+policy.student": str(tmp_path / "small.safetensors"), "policy.objective": "consistency",
+        "+policy.distill_steps": 4, "sampler": "consistency", "sampler.steps": 4})
+    assert policy_train.train_from_config(cfg).step == 3
+    assert load_policy(tmp_path / "student" / "model.safetensors").config()["down_dims"] == [8, 16]
+    save_policy(DiffusionPolicy(**{**config, "horizon": 12}), tmp_path / "long.safetensors")
+    with pytest.raises(ValueError, match="policy.student .* has horizon=12, the teacher .* 8"):
+        policy_train.distillation_student({**section, "student": str(tmp_path / "long.safetensors")})
+    with pytest.raises(FileNotFoundError, match="policy.student: no file at"):
+        policy_train.distillation_student({**section, "student": str(tmp_path / "missing.safetensors")})
