@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py                      # bundled PushT policy, 1 thread
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --down-dims 256 512 1024   # paper-size U-Net (random weights)
-    OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --student scidiff/policy/weights/pusht_keypoints_consistency.safetensors
+    OMP_NUM_THREADS=1 python benchmarks/policy_latency.py \
+        --student scidiff/policy/weights/pusht_keypoints_consistency.safetensors    # + its 1- and 2-call rows
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --checkpoint scidiff/policy/weights/pusht_image.safetensors \
         --batch-size 64                                                        # bundled camera policy
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --vision-width 64 --batch-size 64  # Chi et al.'s ResNet-18
@@ -100,7 +101,8 @@ def main() -> None:
     parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="time an untrained U-Net of these widths")
     parser.add_argument("--vision-width", type=int, default=None,
                         help="time an untrained PushT camera policy with this encoder width (64 = ResNet-18)")
-    parser.add_argument("--student", nargs="+", default=(), help="also time these consistency students at 1 and 2 calls")
+    parser.add_argument("--student", nargs="+", default=(),
+                        help="also time these consistency students at 1 and 2 calls")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
     parser.add_argument("--train-iters", type=int, default=10)

@@ -104,7 +104,8 @@ def distillation_student(section: dict[str, Any]) -> DiffusionPolicy:
     config = teacher.config()
     for key in ("horizon", "n_obs_steps", "n_action_steps"):
         if key in section and int(section[key]) != config[key]:
-            raise ValueError(f"policy.{key}={section[key]} differs from the teacher's {config[key]} ({section['teacher']})")
+            raise ValueError(f"policy.{key}={section[key]} differs from the teacher's {config[key]} "
+                             f"({section['teacher']})")
     start = _policy_file(section, "student") if section.get("student") else teacher
     if start is not teacher:
         start_config = start.config()
