@@ -138,19 +138,19 @@ def main() -> None:
         combos.append((policy, ENCODER, 0))
         encoder_params = sum(p.numel() for p in policy.image_encoders.parameters())
         print(f"# encoders: {encoder_params / 1e6:.2f} M parameters")
-    names = {id(policy): "teacher"}
+    labels = ["teacher"] * len(combos)  # one per combo: whose row it is
     for path in args.student:
         student = load_policy(path)
-        names[id(student)] = f"student {path}"
         combos += [(student, sampler, steps) for sampler, steps in STUDENT_SAMPLERS]
+        labels += [f"student {path}"] * len(STUDENT_SAMPLERS)
     latencies = chunk_latencies_ms(combos, args.repeats)
     encoder_ms = next((ms for (_, sampler, _), ms in zip(combos, latencies) if sampler == ENCODER), None)
     ddim10_ms = latencies[combos.index((policy, "ddim", 10))]  # what the few-step rows are measured against
-    for (p, sampler, steps), ms in zip(combos, latencies):
+    for (p, sampler, steps), label, ms in zip(combos, labels, latencies):
         if sampler == ENCODER:
             print(json.dumps({"encoder_ms": round(ms, 2)}), flush=True)
             continue
-        row = {"policy": names[id(p)], "parameters_m": round(sum(q.numel() for q in p.parameters()) / 1e6, 2),
+        row = {"policy": label, "parameters_m": round(sum(q.numel() for q in p.parameters()) / 1e6, 2),
                "sampler": sampler, "steps": steps, "chunk_latency_ms": round(ms, 2),
                "vs_teacher_ddim10": round(ddim10_ms / ms, 1),
                "actions_per_s_at_Ta": round(p.n_action_steps / (ms / 1000), 1)}

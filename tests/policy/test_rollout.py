@@ -192,8 +192,7 @@ def test_bundled_student_is_distilled_from_the_bundled_policy():
     assert student.objective == "consistency" and (student.distill_steps, student.distill_stride) == (10, 5)
     assert student.config()["down_dims"] == [32, 64, 128] and student.config()["process"] == teacher.config()["process"]
     for name in ("obs_normalizer", "action_normalizer"):
-        for a, b in zip(getattr(student, name).state_dict().values(), getattr(teacher, name).state_dict().values()):
-            assert torch.equal(a, b)
+        torch.testing.assert_close(getattr(student, name).state_dict(), getattr(teacher, name).state_dict(), rtol=0, atol=0)
     env = gym.make("scidiff/PushT-keypoints-v0")
     obs = torch.tensor(np.array([np.stack([env.reset(seed=s)[0]] * 2) for s in range(32)]), dtype=torch.float32)
 
