@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --down-dims 256 512 1024   # paper-size U-Net (random weights)
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py \
         --student scidiff/policy/weights/pusht_keypoints_consistency.safetensors    # + its 1- and 2-call rows
+                                                                     # and 1 call warm-started at t = 40
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --checkpoint scidiff/policy/weights/pusht_image.safetensors \
         --batch-size 64                                                        # bundled camera policy
     OMP_NUM_THREADS=1 python benchmarks/policy_latency.py --vision-width 64 --batch-size 64  # Chi et al.'s ResNet-18
@@ -27,11 +28,13 @@ import time
 
 import torch
 
-from scidiff.policy import DiffusionPolicy, load_policy
+from scidiff.policy import DiffusionPolicy, load_policy, shift_plan
 from scidiff.policy.cli import BUNDLED_WEIGHTS
 
 SAMPLERS = (("ddpm", 100), ("ddim", 10), ("dpmpp_2m", 5), ("ddim", 1))
-STUDENT_SAMPLERS = (("consistency", 1), ("consistency", 2))  # a distilled student's network calls per chunk
+# A distilled student's rows: (sampler, network calls per chunk, warm start time). A warm-started chunk starts from
+# the previous plan noised to that time (rollout --warm-start), so its one call is at t = 40, not at t = 90.
+STUDENT_SAMPLERS = (("consistency", 1, None), ("consistency", 2, None), ("consistency", 1, 40.0))
 
 
 ENCODER = "encoder"  # a latency row that runs only the observation encoders (camera policies)
@@ -47,14 +50,17 @@ def random_inputs(policy: DiffusionPolicy, batch: int) -> dict[str, torch.Tensor
 
 
 def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
-    """Median wall time (ms) of one predict_action call for each (policy, sampler, steps), measured interleaved:
-    every round times each combination once, so load changes on a shared machine hit all of them alike. A
-    sampler of ENCODER times only the observation encoding."""
+    """Median wall time (ms) of one predict_action call for each (policy, sampler, steps, warm start time or None),
+    measured interleaved: every round times each combination once, so load changes on a shared machine hit all of
+    them alike. A sampler of ENCODER times only the observation encoding."""
     inputs = random_inputs(combos[0][0], batch)
     generator = torch.Generator().manual_seed(0)
     times: list[list[float]] = [[] for _ in combos]
     for round_ in range(repeats + 1):
-        for k, (policy, sampler, steps) in enumerate(combos):
+        for k, (policy, sampler, steps, warm_start) in enumerate(combos):
+            warm = {} if warm_start is None else {  # the previous plan, shifted by Ta (as rollout does)
+                "warm_start": shift_plan(torch.randn(batch, policy.horizon, policy.action_dim), policy.n_action_steps),
+                "t_start": warm_start}
             if round_ and steps >= 50 and (round_ - 1) % 5:  # DDPM-100 costs 10x: every fifth round only
                 continue
             start = time.perf_counter()
@@ -62,7 +68,7 @@ def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
                 with torch.no_grad():
                     policy._condition(inputs["obs_history"], inputs.get("images"))
             else:
-                policy.predict_action(**inputs, sampler=sampler, steps=steps, generator=generator)
+                policy.predict_action(**inputs, sampler=sampler, steps=steps, generator=generator, **warm)
             if round_:  # round 0 is the warm-up
                 times[k].append(time.perf_counter() - start)
     return [1000 * statistics.median(t) for t in times]
@@ -133,25 +139,25 @@ def main() -> None:
             train_samples_per_s(policy, args.batch_size, 3)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         return
-    combos = [(policy, sampler, steps) for sampler, steps in SAMPLERS]
+    combos = [(policy, sampler, steps, None) for sampler, steps in SAMPLERS]
     if policy.cameras:
-        combos.append((policy, ENCODER, 0))
+        combos.append((policy, ENCODER, 0, None))
         encoder_params = sum(p.numel() for p in policy.image_encoders.parameters())
         print(f"# encoders: {encoder_params / 1e6:.2f} M parameters")
     labels = ["teacher"] * len(combos)  # one per combo: whose row it is
     for path in args.student:
         student = load_policy(path)
-        combos += [(student, sampler, steps) for sampler, steps in STUDENT_SAMPLERS]
+        combos += [(student, *row) for row in STUDENT_SAMPLERS]
         labels += [f"student {path}"] * len(STUDENT_SAMPLERS)
     latencies = chunk_latencies_ms(combos, args.repeats)
-    encoder_ms = next((ms for (_, sampler, _), ms in zip(combos, latencies) if sampler == ENCODER), None)
-    ddim10_ms = latencies[combos.index((policy, "ddim", 10))]  # what the few-step rows are measured against
-    for (p, sampler, steps), label, ms in zip(combos, labels, latencies):
+    encoder_ms = next((ms for (_, sampler, *_), ms in zip(combos, latencies) if sampler == ENCODER), None)
+    ddim10_ms = latencies[combos.index((policy, "ddim", 10, None))]  # what the few-step rows are measured against
+    for (p, sampler, steps, warm_start), label, ms in zip(combos, labels, latencies):
         if sampler == ENCODER:
             print(json.dumps({"encoder_ms": round(ms, 2)}), flush=True)
             continue
         row = {"policy": label, "parameters_m": round(sum(q.numel() for q in p.parameters()) / 1e6, 2),
-               "sampler": sampler, "steps": steps, "chunk_latency_ms": round(ms, 2),
+               "sampler": sampler, "steps": steps, "warm_start": warm_start, "chunk_latency_ms": round(ms, 2),
                "vs_teacher_ddim10": round(ddim10_ms / ms, 1),
                "actions_per_s_at_Ta": round(p.n_action_steps / (ms / 1000), 1)}
         if encoder_ms is not None:

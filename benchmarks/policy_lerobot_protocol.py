@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="first seed (default 1000, lerobot-eval's)")
     parser.add_argument("--sampler", default=None, help="default: the policy's own (DDIM-10; consistency for students)")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warm-start", type=float, default=None, metavar="T",
+                        help="start each chunk after an episode's first from the previous plan noised to time T")
     parser.add_argument("--num-envs", type=int, default=50, help="vectorised envs (default 50)")
     parser.add_argument("--json", default=None, help="write both summaries here")
     args = parser.parse_args(argv)
@@ -68,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     for env_id, options in ((GYM_PUSHT, None), (scidiff_env, lambda s: {"reset_to_state": states[s]})):
         start = time.perf_counter()
         results, latencies, _ = rollout(policy, env_id, episodes=args.episodes, seed=args.seed, sampler=spec,
-                                        num_envs=args.num_envs, reset_options=options, progress=False)
+                                        num_envs=args.num_envs, reset_options=options, progress=False,
+                                        warm_start=args.warm_start)
         rows[env_id] = {**lerobot_summary(summarize(results, latencies)), "wall_s": time.perf_counter() - start}
         print(json.dumps({"env": env_id, **rows[env_id]}), flush=True)
-    print(f"\n{args.checkpoint}, sampler {spec.name} {spec.steps} {spec.options}, seeds {seeds[0]}-{seeds[-1]} "
+    warm = f", warm start t = {args.warm_start:g}" if args.warm_start is not None else ""
+    print(f"\n{args.checkpoint}, sampler {spec.name} {spec.steps} {spec.options}{warm}, seeds {seeds[0]}-{seeds[-1]} "
           "(gym-pusht's draws; scidiff reset to the same poses)")
     print("| simulator | avg_max_reward | pc_success |\n|---|---|---|")
     for env_id, r in rows.items():
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print("LeRobot diffusion_pusht (image policy), 500 episodes: 0.959 / 63.8 %")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "sampler": [spec.name, spec.steps, spec.options], **rows}, f, indent=1)
+            json.dump({"checkpoint": args.checkpoint, "sampler": [spec.name, spec.steps, spec.options],
+                       "warm_start": args.warm_start, **rows}, f, indent=1)
     return 0
 
 

@@ -185,6 +185,22 @@ class DiffusionPolicy(nn.Module):
         self._teacher = _Shared(teacher.eval().requires_grad_(False))
         return self
 
+    def learned_times(self) -> list[float]:
+        """The grid times a consistency student was distilled at: every distill_stride-th of the teacher's DDIM grid."""
+        return self.process.sampling_times(self.distill_steps)[:-1:self.distill_stride].tolist()
+
+    def check_warm_start(self, sampler: SamplerSpec, t_start: float | None) -> None:
+        """Refuse a warm start (SDEdit from t_start) that a consistency student cannot take: it maps to x0 only from
+        the times it learnt, and a second call would fall on the part-way grid, whose times are not the distillation
+        grid's. Any start is fine for a diffusion policy's samplers."""
+        if self.objective != "consistency" or sampler.name != "consistency":
+            return
+        learned, calls = self.learned_times(), sampler.options.get("calls", 1)
+        if t_start not in learned or calls != 1:
+            raise ValueError(f"a warm-started consistency student takes 1 call at a time it learnt, {learned} "
+                             f"(distill_steps={self.distill_steps}, distill_stride={self.distill_stride}); "
+                             f"got t_start={t_start}, {calls} call(s)")
+
     def default_sampler(self) -> SamplerSpec:
         """How this policy acts unless told otherwise: one consistency call for a student, DDIM-10 for a teacher."""
         if self.objective == "consistency":
@@ -259,6 +275,7 @@ class DiffusionPolicy(nn.Module):
             shape = (cond.shape[0], self.horizon, self.action_dim)
             start = {}
             if warm_start is not None:
+                self.check_warm_start(sampler, t_start)
                 start = {"x_start": self.action_normalizer(warm_start.to(cond.device, cond.dtype)), "t_start": t_start}
             naction = self.diffusion.sample(self._network(cond), shape, sampler, clip=self.clip_sample,
                                             generator=generator, device=cond.device, dtype=cond.dtype, **start).x

@@ -185,6 +185,9 @@ def rollout(
     if not 1 <= action_steps <= policy.n_action_steps:
         raise ValueError(f"action_steps must be in [1, the policy's n_action_steps={policy.n_action_steps}], "
                          f"got {action_steps}")
+    if warm_start is not None and hasattr(policy, "check_warm_start"):  # refused now, not at an episode's 2nd chunk
+        spec = sampler if isinstance(sampler, SamplerSpec) else policy.sampler_spec(sampler, steps, {})
+        policy.check_warm_start(spec, warm_start)
     num_envs = min(num_envs, episodes)
     render = "rgb_array" if video_episodes > 0 else None
     obs_dim, action_dim, cameras = policy.obs_dim, policy.action_dim, bool(getattr(policy, "cameras", None))

@@ -203,3 +203,24 @@ def test_bundled_student_is_distilled_from_the_bundled_policy():
     reference = teacher.predict_action(obs, "ddim", 10, generator=torch.Generator().manual_seed(0))["action_pred"]
     student_error, ddim1_error = plan_error(student, "consistency", 1), plan_error(teacher, "ddim", 1)
     assert student_error < ddim1_error / 3, (student_error, ddim1_error)
+
+
+def test_a_warm_started_student_takes_one_call_at_a_time_it_learnt():
+    """--warm-start T with a consistency student: one network call at T, which must be a time it was distilled at
+    (the bundled student, stride 5 on the DDIM-10 grid, learnt t = 90 and 40); anything else is refused up front."""
+    from scidiff.policy import load_policy, shift_plan
+    from scidiff.policy.cli import BUNDLED_WEIGHTS
+
+    student = load_policy(BUNDLED_WEIGHTS.with_name("pusht_keypoints_consistency.safetensors"))
+    assert student.learned_times() == [90.0, 40.0]
+    times = []
+    student.unet.register_forward_pre_hook(lambda module, args: times.append(args[1].unique().tolist()))
+    obs = torch.zeros(3, student.n_obs_steps, student.obs_dim)
+    plan = student.predict_action(obs, "consistency", 2)["action_pred"]
+    student.predict_action(obs, "consistency", 1, warm_start=shift_plan(plan, student.n_action_steps), t_start=40.0)
+    assert times == [[90.0], [40.0], [40.0]]
+    with pytest.raises(ValueError, match=r"1 call at a time it learnt, \[90.0, 40.0\].*got t_start=20.0, 1 call"):
+        student.predict_action(obs, "consistency", 1, warm_start=plan, t_start=20.0)
+    with pytest.raises(ValueError, match=r"got t_start=40.0, 2 call"):  # the 2nd call would be at an unlearnt time
+        rollout(student, "scidiff/PushT-keypoints-v0", episodes=1, sampler="consistency", steps=2, warm_start=40.0)
+    assert len(times) == 3  # refused before any chunk was sampled
