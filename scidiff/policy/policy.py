@@ -260,7 +260,7 @@ class DiffusionPolicy(nn.Module):
         ``default_sampler()``). For a consistency student, "consistency" with N steps means N network calls on the
         grid it was distilled on. ``warm_start`` (B, Tp, action_dim), e.g. the previous plan shifted by Ta
         (``shift_plan``), is noised to process time ``t_start`` and denoised from there (SDEdit, Meng et al. 2022)
-        instead of sampling from pure noise.
+        instead of sampling from pure noise; a student takes it in one call at one of its ``learned_times()``.
         """
         if obs_history.ndim != 3 or obs_history.shape[1] != self.n_obs_steps:
             raise ValueError(
