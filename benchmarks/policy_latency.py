@@ -56,11 +56,11 @@ def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
     inputs = random_inputs(combos[0][0], batch)
     generator = torch.Generator().manual_seed(0)
     times: list[list[float]] = [[] for _ in combos]
+    warm = [{} if warm_start is None else {  # a previous plan, shifted by Ta (as rollout does)
+        "warm_start": shift_plan(torch.randn(batch, policy.horizon, policy.action_dim), policy.n_action_steps),
+        "t_start": warm_start} for policy, _, _, warm_start in combos]
     for round_ in range(repeats + 1):
-        for k, (policy, sampler, steps, warm_start) in enumerate(combos):
-            warm = {} if warm_start is None else {  # the previous plan, shifted by Ta (as rollout does)
-                "warm_start": shift_plan(torch.randn(batch, policy.horizon, policy.action_dim), policy.n_action_steps),
-                "t_start": warm_start}
+        for k, (policy, sampler, steps, _) in enumerate(combos):
             if round_ and steps >= 50 and (round_ - 1) % 5:  # DDPM-100 costs 10x: every fifth round only
                 continue
             start = time.perf_counter()
@@ -68,7 +68,7 @@ def chunk_latencies_ms(combos, repeats: int, batch: int = 1) -> list[float]:
                 with torch.no_grad():
                     policy._condition(inputs["obs_history"], inputs.get("images"))
             else:
-                policy.predict_action(**inputs, sampler=sampler, steps=steps, generator=generator, **warm)
+                policy.predict_action(**inputs, sampler=sampler, steps=steps, generator=generator, **warm[k])
             if round_:  # round 0 is the warm-up
                 times[k].append(time.perf_counter() - start)
     return [1000 * statistics.median(t) for t in times]

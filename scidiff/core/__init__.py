@@ -3,7 +3,7 @@
 from .checkpoint import load_run
 from .config import build_diffusion, build_sampler
 from .diffusion import Diffusion, SamplerSpec
-from .loss import consistency_distillation_loss, diffusion_loss
+from .loss import consistency_distillation_loss, consistency_grid, diffusion_loss
 from .prediction import (
     PREDICTIONS,
     WEIGHTINGS,
@@ -54,7 +54,8 @@ from .trainer import TrainConfig, train
 
 __all__ = [
     "Diffusion", "SamplerSpec", "build_diffusion", "build_sampler", "load_run", "TrainConfig", "train",
-    "diffusion_loss", "consistency_distillation_loss", "PREDICTIONS", "WEIGHTINGS", "append_dims", "check_prediction", "edm_scalings",
+    "diffusion_loss", "consistency_distillation_loss", "consistency_grid", "PREDICTIONS", "WEIGHTINGS", "append_dims",
+    "check_prediction", "edm_scalings",
     "loss_weight", "network_forward", "prediction_target", "prediction_to_x0", "x0_denoiser",
     "EDM", "Flow", "NoiseProcess", "VPDiscrete", "alphas_cumprod_from_betas", "cosine_betas", "linear_betas",
     "polynomial_alphas_cumprod", "SAMPLERS", "Pin", "SampleResult", "check_sampler", "sample", "sample_consistency", "sample_ddim",

@@ -75,6 +75,14 @@ def diffusion_loss(
     return _masked_mean(err, loss_mask)
 
 
+def consistency_grid(steps: int, stride: int = 1) -> Tensor:
+    """Indices into ``process.sampling_times(steps)`` of the times a consistency student learns: every ``stride``-th,
+    from the noisiest (the rest are bridged by the teacher's DDIM steps)."""
+    if steps % stride:
+        raise ValueError(f"consistency distillation: stride={stride} must divide steps={steps}")
+    return torch.arange(0, steps, stride)
+
+
 def consistency_distillation_loss(
     student: Denoiser,
     teacher: Denoiser,
@@ -96,10 +104,9 @@ def consistency_distillation_loss(
     so a student that minimises this loss maps each of its grid points x_t to the end of the teacher's
     DDIM-``steps`` trajectory through it, and sample_consistency(calls=k) on the same grid needs k network calls.
     """
-    if steps % stride:
-        raise ValueError(f"consistency distillation: stride={stride} must divide steps={steps}")
+    grid = consistency_grid(steps, stride).to(x0.device)
     ts = process.sampling_times(steps).to(x0.device)
-    n = stride * torch.randint(0, steps // stride, (x0.shape[0],), generator=generator, device=x0.device)
+    n = grid[torch.randint(0, len(grid), (x0.shape[0],), generator=generator, device=x0.device)]
 
     def coefficients(i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         alpha, sigma = (append_dims(c, x0.ndim).to(x0.dtype) for c in process.alpha_sigma(ts[i]))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scidiff.core import SamplerSpec, build_diffusion
+from scidiff.core import SamplerSpec, build_diffusion, consistency_grid
 from scidiff.core.checkpoint import check_task, load_inference, save_inference
 
 from .normalizer import MinMaxNormalizer
@@ -186,8 +186,9 @@ class DiffusionPolicy(nn.Module):
         return self
 
     def learned_times(self) -> list[float]:
-        """The grid times a consistency student was distilled at: every distill_stride-th of the teacher's DDIM grid."""
-        return self.process.sampling_times(self.distill_steps)[:-1:self.distill_stride].tolist()
+        """The grid times a consistency student was distilled at (every distill_stride-th of the teacher's DDIM grid)."""
+        return self.process.sampling_times(self.distill_steps)[consistency_grid(self.distill_steps,
+                                                                                self.distill_stride)].tolist()
 
     def check_warm_start(self, sampler: SamplerSpec, t_start: float | None) -> None:
         """Refuse a warm start (SDEdit from t_start) that a consistency student cannot take: it maps to x0 only from
