@@ -49,6 +49,9 @@ __all__ = [
     "coverage",
     "render_pusht",
     "replay",
+    "mirror_points",
+    "mirror_state",
+    "mirror_recording",
 ]
 
 WORKSPACE = 512
@@ -368,6 +371,59 @@ class PushTEnv(gym.Env):
     def close(self) -> None:
         """Drop the physics space."""
         self.space = None
+
+
+# The task's one symmetry: the goal T's axis of symmetry (its body y-axis, through (256, 256) at 3 pi / 4, the line
+# x + y = 512). Reflecting the whole scene about it maps the goal onto itself and a T onto a T, and pymunk's rigid-
+# body physics is reflection-invariant, so the mirror image of a demonstration is a demonstration (replays of
+# mirrored recordings track the mirrored states to 1e-4 px; tests/envs/test_pusht_mirror.py). The walls
+# (5..506) are the only asymmetry, by one pixel.
+_AXIS = _rotation(GOAL_POSE[2]) @ np.array([0.0, 1.0])
+_MIRROR = 2.0 * np.outer(_AXIS, _AXIS) - np.eye(2)
+
+
+def mirror_points(points: np.ndarray) -> np.ndarray:
+    """World points (..., 2) (agent positions, action targets) reflected about the goal T's symmetry axis."""
+    return (np.asarray(points, dtype=np.float64) - GOAL_POSE[:2]) @ _MIRROR.T + GOAL_POSE[:2]
+
+
+def mirror_state(state: np.ndarray) -> np.ndarray:
+    """States (..., 5) [agent_xy, block_xy, angle] of the mirrored scene: the T is symmetric about its body y-axis,
+    so its mirror image is the T at the mirrored position with angle 2 theta_goal - angle (wrapped to [0, 2 pi))."""
+    state = np.asarray(state, dtype=np.float64)
+    angle = np.mod(2.0 * GOAL_POSE[2] - state[..., 4:5], 2 * np.pi)
+    return np.concatenate([mirror_points(state[..., 0:2]), mirror_points(state[..., 2:4]), angle], axis=-1)
+
+
+def mirror_recording(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PushT recordings (replay-buffer arrays, one row per step) of the mirrored scene, key by key: ``state`` and
+    ``action`` reflected, ``keypoint`` recomputed from the mirrored block pose (Chi et al.'s keypoints are not
+    symmetric on the T, so the mirrored T carries them elsewhere), ``n_contacts`` unchanged and ``img`` frames
+    reflected about their anti-diagonal."""
+    unknown = sorted(set(data) - {"state", "action", "keypoint", "n_contacts", "img"})
+    if unknown:
+        raise ValueError(f"no mirror image is defined for PushT recording key(s) {unknown}; PushT's mirror maps "
+                         "state, action, keypoint, n_contacts and img")
+    if "keypoint" in data and "state" not in data:
+        raise ValueError("mirroring PushT keypoints needs the recorded 'state' (the keypoints follow the block pose)")
+    out: dict[str, np.ndarray] = {}
+    for key, values in data.items():
+        values = np.asarray(values)
+        if key == "state":
+            out[key] = mirror_state(values).astype(values.dtype)
+        elif key == "action":
+            out[key] = mirror_points(values).astype(values.dtype)
+        elif key == "keypoint":
+            pose = mirror_state(np.asarray(data["state"]))[:, 2:5]
+            c, s = np.cos(pose[:, 2]), np.sin(pose[:, 2])
+            rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # (T, 2, 2)
+            world = np.einsum("tij,kj->tki", rot, BLOCK_KEYPOINTS_LOCAL) + pose[:, None, :2]
+            out[key] = world.reshape(values.shape).astype(values.dtype)
+        elif key == "img":  # pixel (row, col) = (y, x) / 512 * size, so x + y = 512 is the anti-diagonal
+            out[key] = np.ascontiguousarray(values[:, ::-1, ::-1].swapaxes(1, 2))
+        else:
+            out[key] = values.copy()
+    return out
 
 
 def replay(initial_state: np.ndarray, actions: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -237,13 +237,25 @@ def split_datasets(
     max_train_episodes: int | None = 90,
     seed: int = 42,
     camera_keys: Sequence[str] = (),
+    symmetry: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> tuple[PolicyWindowDataset, PolicyWindowDataset]:
-    """Train and validation window datasets over disjoint episodes; defaults follow Chi et al.'s PushT config."""
+    """Train and validation window datasets over disjoint episodes; defaults follow Chi et al.'s PushT config.
+
+    ``symmetry`` maps the buffer's arrays to those of the transformed scene (e.g. envs.pusht.mirror_recording): each
+    training episode is then also trained on as its transformed copy; validation episodes stay as recorded.
+    """
     ends = _episode_ends(buffer)
     train_mask, val_mask = episode_split(len(ends), val_ratio, max_train_episodes, seed)
     if camera_keys:  # convert the frames once; both splits then read the same uint8 arrays
         frames = {key: camera_frames(buffer, key, int(ends[-1])) for key in camera_keys}
         buffer = SimpleNamespace(data={**buffer.data, **frames}, episode_ends=ends)
+    if symmetry is not None:  # the transformed episodes follow the recorded ones, in the same order
+        n = int(ends[-1])
+        recorded = {key: np.asarray(values[:n]) for key, values in buffer.data.items()}
+        transformed = symmetry(recorded)
+        buffer = SimpleNamespace(data={k: np.concatenate([v, transformed[k]]) for k, v in recorded.items()},
+                                 episode_ends=np.concatenate([ends, ends + n]))
+        train_mask, val_mask = np.tile(train_mask, 2), np.concatenate([val_mask, np.zeros_like(val_mask)])
     common = dict(horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, obs_keys=obs_keys,
                   action_key=action_key, camera_keys=tuple(camera_keys))
     return (PolicyWindowDataset(buffer, episode_mask=train_mask, **common),

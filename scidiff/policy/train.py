@@ -20,7 +20,7 @@ from scidiff.core.trainer import move_to
 from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
-__all__ = ["load_buffer", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
+__all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
 # objective=consistency: the diffusion policy file, its DDIM grid, the student's stride along it, and optionally the
@@ -68,6 +68,19 @@ def load_buffer(data: dict[str, Any], out_dir: str | Path):
         "'expert' (scripted, recorded once), 'zarr' (your own replay-buffer zarr at data.path) or 'lerobot' (a "
         "LeRobotDataset folder at data.path)"
     )
+
+
+def data_symmetry(data: dict[str, Any]):
+    """The symmetry the ``data`` section asks to train with: ``mirror: true`` adds every training episode's mirror
+    image about PushT's goal axis (envs.pusht.mirror_recording); None when it asks for none."""
+    if not data.get("mirror"):
+        return None
+    if data.get("source") != "pusht" and "PushT" not in str(data.get("env") or ""):
+        raise ValueError(f"data.mirror: the mirror image is PushT's symmetry (source 'pusht' or a PushT env); this "
+                         f"data section has source {data.get('source')!r}")
+    from envs.pusht import mirror_recording
+
+    return mirror_recording
 
 
 def trained_env(cfg: dict[str, Any]) -> str | None:
@@ -190,6 +203,7 @@ def train_from_config(cfg: dict[str, Any]):
         n_action_steps=int(section["n_action_steps"]), obs_keys=list(data["obs_keys"]), action_key=data["action_key"],
         val_ratio=float(data.get("val_ratio", 0.0)), max_train_episodes=data.get("max_train_episodes"),
         seed=int(data.get("split_seed", 42)), camera_keys=list(data.get("camera_keys") or ()),
+        symmetry=data_symmetry(data),
     )
     del buffer  # the windows hold what they read (a float copy of PushT's frames would stay alive otherwise)
     policy = build_policy(cfg, train_set.obs_dim, train_set.action_dim, train_set.camera_shapes)

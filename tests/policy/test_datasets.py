@@ -118,3 +118,41 @@ def test_pusht_chi_split(pusht):
     lengths = np.diff(np.concatenate([[0], pusht.episode_ends]))
     assert len(train) == int((lengths[train.episode_mask] - 7).sum())
     assert len(val) == int((lengths[val.episode_mask] - 7).sum())
+
+
+def test_a_symmetry_adds_transformed_training_episodes_only():
+    def negate(data):
+        return {k: -v for k, v in data.items()}
+
+    buffer = toy_buffer()
+    del buffer.data["grid"]
+    plain_train, plain_val = split_datasets(buffer, horizon=4, n_obs_steps=2, n_action_steps=2, obs_keys=("obs",),
+                                            val_ratio=0.5, max_train_episodes=None, seed=1)
+    train, val = split_datasets(buffer, horizon=4, n_obs_steps=2, n_action_steps=2, obs_keys=("obs",),
+                                val_ratio=0.5, max_train_episodes=None, seed=1, symmetry=negate)
+    assert len(train) == 2 * len(plain_train) and len(val) == len(plain_val)
+    n = len(plain_train)
+    for i in range(n):  # the transformed copy of each training window, in the same order
+        for key in ("obs", "action"):
+            np.testing.assert_array_equal(train[n + i][key], -plain_train[i][key])
+            np.testing.assert_array_equal(train[i][key], plain_train[i][key])
+    for i in range(len(val)):
+        np.testing.assert_array_equal(val[i]["obs"], plain_val[i]["obs"])
+
+
+def test_pusht_mirror_doubles_chi_training_windows_with_valid_mirrored_keypoints(pusht):
+    from envs.pusht import block_keypoints, mirror_recording, mirror_state
+
+    train, val = split_datasets(pusht, obs_keys=PUSHT_KEYPOINT_OBS, symmetry=mirror_recording)
+    plain_train, plain_val = split_datasets(pusht, obs_keys=PUSHT_KEYPOINT_OBS)
+    assert len(train) == 2 * len(plain_train) and len(val) == len(plain_val)
+    window = train[len(plain_train) + 100]
+    original = plain_train[100]
+    obs = window["obs"].numpy().astype(np.float64)
+    # The agent position is mirrored; the block keypoints are those of a T at the mirrored pose.
+    agent = original["obs"].numpy()[:, 18:].astype(np.float64)
+    np.testing.assert_allclose(obs[:, 18:], np.stack([512 - agent[:, 1], 512 - agent[:, 0]], 1), atol=1e-3)
+    rows = np.flatnonzero((np.abs(pusht.data["keypoint"].reshape(-1, 18) - original["obs"].numpy()[-1, :18]) < 1e-6)
+                          .all(1))
+    pose = mirror_state(pusht.data["state"][rows[0]].astype(np.float64))[2:]
+    np.testing.assert_allclose(obs[-1, :18].reshape(9, 2), block_keypoints(pose), atol=1e-2)

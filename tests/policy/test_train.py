@@ -120,6 +120,18 @@ def test_normalizers_fit_on_training_episodes_only(tmp_path):
     assert val_set.episode_mask.sum() == 1 and not (train_set.episode_mask & val_set.episode_mask).any()
 
 
+def test_data_mirror_is_pushts_symmetry_and_refused_elsewhere(tmp_path):
+    from envs.pusht import mirror_recording
+
+    for experiment in ("pusht_chi_cpu", "pusht_keypoints", "pusht_image"):
+        data = to_container(compose([f"experiment={experiment}"]))["data"]
+        assert data["mirror"] is False and policy_train.data_symmetry(data) is None  # recorded data, as Chi et al.
+        assert policy_train.data_symmetry({**data, "mirror": True}) is mirror_recording
+    cfg = particle_config(tmp_path, **{"+data.mirror": True})
+    with pytest.raises(ValueError, match="data.mirror: .*source 'expert'"):
+        policy_train.train_from_config(cfg)
+
+
 def test_own_demonstrations_train_from_a_zarr_path(tmp_path):
     """data.source=zarr reads any replay-buffer zarr (the user's own demonstrations); a wrong path names itself."""
     from envs.collect import collect_episodes
