@@ -20,7 +20,8 @@ from scidiff.core.trainer import move_to
 from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
-__all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "make_evaluate", "train_from_config"]
+__all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "make_evaluate",
+           "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
 # objective=consistency: the diffusion policy file, its DDIM grid, the student's stride along it, and optionally the

@@ -123,10 +123,12 @@ def test_normalizers_fit_on_training_episodes_only(tmp_path):
 def test_data_mirror_is_pushts_symmetry_and_refused_elsewhere(tmp_path):
     from envs.pusht import mirror_recording
 
-    for experiment in ("pusht_chi_cpu", "pusht_keypoints", "pusht_image"):
+    for experiment in ("pusht_chi", "pusht_keypoints", "pusht_image"):
         data = to_container(compose([f"experiment={experiment}"]))["data"]
         assert data["mirror"] is False and policy_train.data_symmetry(data) is None  # recorded data, as Chi et al.
         assert policy_train.data_symmetry({**data, "mirror": True}) is mirror_recording
+    cpu_protocol = to_container(compose(["experiment=pusht_chi_cpu"]))["data"]  # the same 90 episodes, mirrored too
+    assert cpu_protocol["max_train_episodes"] == 90 and policy_train.data_symmetry(cpu_protocol) is mirror_recording
     cfg = particle_config(tmp_path, **{"+data.mirror": True})
     with pytest.raises(ValueError, match="data.mirror: .*source 'expert'"):
         policy_train.train_from_config(cfg)
