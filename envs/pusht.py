@@ -120,15 +120,16 @@ def legacy_reset_state(seed: int) -> np.ndarray:
     )
 
 
-def _rotation(angle: float) -> np.ndarray:
-    """2-D rotation matrix."""
+def _rotation(angle: float | np.ndarray) -> np.ndarray:
+    """2-D rotation matrices (..., 2, 2) of angles (...)."""
     c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s], [s, c]])
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
 
 
 def _to_world(local_points: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Map block-frame points (..., 2) to the world for a body pose (x, y, angle), like pymunk's local_to_world."""
-    return local_points @ _rotation(pose[2]).T + pose[:2]
+    """Map block-frame points (..., 2) to the world for a body pose (x, y, angle), like pymunk's local_to_world;
+    a batch of poses (T, 3) maps points (K, 2) to (T, K, 2)."""
+    return local_points @ _rotation(pose[..., 2]).swapaxes(-1, -2) + pose[..., None, :2]
 
 
 def tee_world_vertices(pose: np.ndarray) -> np.ndarray:
@@ -137,7 +138,7 @@ def tee_world_vertices(pose: np.ndarray) -> np.ndarray:
 
 
 def block_keypoints(pose: np.ndarray) -> np.ndarray:
-    """Chi et al.'s 9 block keypoints (9, 2) in the world for body pose (x, y, angle)."""
+    """Chi et al.'s 9 block keypoints (9, 2) in the world for body pose (x, y, angle); (T, 9, 2) for poses (T, 3)."""
     return _to_world(BLOCK_KEYPOINTS_LOCAL, np.asarray(pose, dtype=np.float64))
 
 
@@ -414,11 +415,8 @@ def mirror_recording(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         elif key == "action":
             out[key] = mirror_points(values).astype(values.dtype)
         elif key == "keypoint":
-            pose = mirror_state(np.asarray(data["state"]))[:, 2:5]
-            c, s = np.cos(pose[:, 2]), np.sin(pose[:, 2])
-            rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # (T, 2, 2)
-            world = np.einsum("tij,kj->tki", rot, BLOCK_KEYPOINTS_LOCAL) + pose[:, None, :2]
-            out[key] = world.reshape(values.shape).astype(values.dtype)
+            pose = mirror_state(data["state"])[:, 2:5]
+            out[key] = block_keypoints(pose).reshape(values.shape).astype(values.dtype)
         elif key == "img":  # pixel (row, col) = (y, x) / 512 * size, so x + y = 512 is the anti-diagonal
             out[key] = np.ascontiguousarray(values[:, ::-1, ::-1].swapaxes(1, 2))
         else:
