@@ -9,13 +9,15 @@ metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, 
     python benchmarks/policy_chi_protocol.py --run runs/pusht_image      # one finished run: scores and the curve
 
 The curve is each evaluation's score against the training time spent to reach it (summed from the logged
-steps/s, so evaluation time is left out).
+steps/s, so evaluation time is left out). A run that also scored other samplers at each evaluation
+(``policy.eval.samplers``, e.g. pusht_chi_cpu's DDPM-10) gets one table per sampler, from the same checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -50,6 +52,18 @@ def training_seconds(run_dir: Path) -> dict[int, float]:
     return elapsed
 
 
+def sampler_labels(evals: list[dict]) -> list[str]:
+    """The score prefixes of a run's evaluations: "" for the run's own sampler, then "<label>/" for each sampler of
+    ``policy.eval.samplers``, in the order logged."""
+    labels = {"": None}
+    for e in evals:
+        for key in e:
+            match = re.fullmatch(r"eval/(\w+)/avg_max_reward", key)
+            if match:
+                labels.setdefault(match.group(1) + "/", None)
+    return list(labels)
+
+
 def curve(run_dir: Path) -> list[tuple[int, float, float, float]]:
     """(step, training hours, avg max coverage, success) of each closed-loop evaluation of a run."""
     elapsed = training_seconds(run_dir)
@@ -61,12 +75,15 @@ def curve(run_dir: Path) -> list[tuple[int, float, float, float]]:
     return rows
 
 
-def protocol_scores(evals: list[dict], last: int = 10) -> dict[str, float]:
-    """Best and mean-of-last-``last`` average max coverage (and success) over a run's evaluations."""
+def protocol_scores(evals: list[dict], last: int = 10, label: str = "") -> dict[str, float]:
+    """Best and mean-of-last-``last`` average max coverage (and success) over a run's evaluations, scored by the
+    run's own sampler or, with ``label`` ("ddpm10/"), by that one of ``policy.eval.samplers``."""
+    evals = [e for e in evals if f"eval/{label}avg_max_reward" in e]
     if not evals:
-        raise ValueError("the run logged no closed-loop evaluation (policy.eval.episodes and trainer.eval_every)")
-    scores = [e["eval/avg_max_reward"] for e in evals]
-    success = [e.get("eval/success_rate", float("nan")) for e in evals]
+        raise ValueError(f"the run logged no closed-loop evaluation{' with ' + label[:-1] if label else ''} "
+                         "(policy.eval.episodes, policy.eval.samplers and trainer.eval_every)")
+    scores = [e[f"eval/{label}avg_max_reward"] for e in evals]
+    success = [e.get(f"eval/{label}success_rate", float("nan")) for e in evals]
     best = max(range(len(scores)), key=scores.__getitem__)
     return {"best": scores[best], "best_step": evals[best]["step"], "best_success": success[best],
             "last_mean": statistics.fmean(scores[-last:]), "last_success": statistics.fmean(success[-last:]),
@@ -84,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.run:
-        scores = protocol_scores(evaluations(args.run))
-        print(json.dumps({"run": str(args.run), **scores}))
+        evals = evaluations(args.run)
+        for label in sampler_labels(evals):
+            scores = protocol_scores(evals, label=label)
+            print(json.dumps({"run": str(args.run), "sampler": label[:-1] or "the run's sampler", **scores}))
         print("| step | training h | avg max coverage | success |\n|---|---|---|---|")
         for step, hours, score, success in curve(args.run):
             print(f"| {step} | {hours:.2f} | {score:.3f} | {success:.0%} |")
         return 0
-    rows = []
+    runs = []
     for seed in args.seeds:
         run_dir = Path(args.runs) / f"{args.experiment}_seed{seed}"
         if not args.report_only:  # a rerun resumes each run from its last checkpoint
@@ -98,15 +117,19 @@ def main(argv: list[str] | None = None) -> int:
                    f"trainer.out_dir={run_dir}", "trainer.progress=false", *args.overrides]
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-        rows.append((seed, protocol_scores(evaluations(run_dir))))
-    print(f"\n{args.experiment}: avg max coverage on seeds 100000-100049 (success in brackets)")
-    print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
-    for seed, r in rows:
-        print(f"| {seed} | {r['best']:.3f} [{r['best_success']:.0%}] ({r['best_step']}) | "
-              f"{r['last_mean']:.3f} [{r['last_success']:.0%}] | {r['evaluations']} |")
-    best = statistics.fmean(r["best"] for _, r in rows)
-    last = statistics.fmean(r["last_mean"] for _, r in rows)
-    print(f"| mean of {len(rows)} | {best:.3f} | {last:.3f} | |")
+        runs.append((seed, evaluations(run_dir)))
+    for label in sampler_labels([e for _, evals in runs for e in evals]):
+        rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
+        name = label[:-1] or "the run's sampler"
+        print(f"\n{args.experiment}, {name}: avg max coverage on seeds 100000-100049 "
+              "(success in brackets)")
+        print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
+        for seed, r in rows:
+            print(f"| {seed} | {r['best']:.3f} [{r['best_success']:.0%}] ({r['best_step']}) | "
+                  f"{r['last_mean']:.3f} [{r['last_success']:.0%}] | {r['evaluations']} |")
+        best = statistics.fmean(r["best"] for _, r in rows)
+        last = statistics.fmean(r["last_mean"] for _, r in rows)
+        print(f"| mean of {len(rows)} | {best:.3f} | {last:.3f} | |")
     print("Chi et al. 2023 (CNN, state PushT): 0.95 / 0.91")
     return 0
 

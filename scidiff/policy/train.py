@@ -164,24 +164,34 @@ def validation_loss(policy: DiffusionPolicy, dataset: PolicyWindowDataset, batch
 
 
 def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
-    """The trainer's evaluate(ema_policy, step) hook: validation loss plus a few rollouts (policy.eval section)."""
+    """The trainer's evaluate(ema_policy, step) hook: validation loss plus a few rollouts (policy.eval section).
+
+    The rollouts use the ``sampler`` section; ``policy.eval.samplers`` (label -> sampler section) scores the same
+    weights on the same initial states with other samplers too, logged as ``<label>/avg_max_reward`` etc., so one
+    training run compares samplers checkpoint by checkpoint (e.g. Chi et al.'s DDPM next to DDIM-10)."""
     from scidiff.core import build_sampler
 
     from .rollout import rollout, summarize
 
     spec = cfg["policy"].get("eval") or {}
-    sampler = build_sampler(cfg["sampler"])
+    samplers = {"": build_sampler(cfg["sampler"])}
+    for label, section in (spec.get("samplers") or {}).items():
+        if not str(label).isidentifier():
+            raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
+        samplers[f"{label}/"] = build_sampler(section)
 
     def evaluate(policy: nn.Module, step: int) -> dict[str, float]:
         policy.eval()
         scores = {"val_loss": validation_loss(policy, val)} if len(val) else {}
         episodes = int(spec.get("episodes", 0))
         if episodes and spec.get("env"):
-            results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=int(spec.get("seed", 1000)),
-                                            sampler=sampler, num_envs=int(spec.get("num_envs", episodes)),
-                                            progress=False)
-            summary = summarize(results, latencies)
-            scores.update({k: summary[k] for k in ("avg_max_reward", "success_rate") if summary.get(k) is not None})
+            for prefix, sampler in samplers.items():
+                results, latencies, _ = rollout(policy, spec["env"], episodes=episodes,
+                                                seed=int(spec.get("seed", 1000)), sampler=sampler,
+                                                num_envs=int(spec.get("num_envs", episodes)), progress=False)
+                summary = summarize(results, latencies)
+                scores.update({prefix + k: summary[k] for k in ("avg_max_reward", "success_rate")
+                               if summary.get(k) is not None})
         return scores
 
     return evaluate

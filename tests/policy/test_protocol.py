@@ -30,7 +30,13 @@ def test_protocol_split_seeds_and_recipe_are_chi_et_al(experiment):
     np.testing.assert_array_equal(train, want_train)
     np.testing.assert_array_equal(val, want_val)
     assert train.sum() == 90 and val.sum() == 4 and not (train & val).any()
-    assert cfg["policy"]["eval"] == {"env": "scidiff/PushT-keypoints-v0", "episodes": 50, "seed": 100000}
+    evaluation = {"env": "scidiff/PushT-keypoints-v0", "episodes": 50, "seed": 100000}
+    if experiment == "pusht_chi_cpu":  # DDIM-10 for speed, and Chi et al.'s stochastic DDPM at the same cost
+        assert cfg["sampler"] == {"name": "ddim", "steps": 10, "eta": 0.0}
+        evaluation["samplers"] = {"ddpm10": {"name": "ddpm", "steps": 10}}
+    else:
+        assert cfg["sampler"] == {"name": "ddpm", "steps": 100}
+    assert cfg["policy"]["eval"] == evaluation
     t = cfg["trainer"]
     assert (t["lr"], t["betas"], t["weight_decay"], t["warmup_steps"], t["batch_size"]) == (1e-4, [0.95, 0.999], 1e-6, 500, 256)
     assert (t["ema_power"], t["ema_max_decay"], t["grad_clip"]) == (0.75, 0.9999, 0.0)
@@ -53,3 +59,12 @@ def test_protocol_scores_best_and_last_ten():
     assert r["last_mean"] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="no closed-loop evaluation"):
         chi.protocol_scores([])
+    # a second sampler logged at some evaluations (policy.eval.samplers) is scored on those alone
+    for i, e in enumerate(evals[1:]):
+        e["eval/ddpm10/avg_max_reward"], e["eval/ddpm10/success_rate"] = 0.8 + i / 100, 0.25
+    assert chi.sampler_labels(evals) == ["", "ddpm10/"]
+    r = chi.protocol_scores(evals, label="ddpm10/")
+    assert (r["best"], r["best_step"], r["evaluations"], r["best_success"]) == (0.91, 1200, 12, 0.25)
+    assert r["last_mean"] == pytest.approx(0.8 + sum(range(2, 12)) / 1000)
+    with pytest.raises(ValueError, match="with dpm"):
+        chi.protocol_scores(evals, label="dpm/")

@@ -100,6 +100,32 @@ def test_policy_section_rejects_unknown_fields(tmp_path):
         policy_train.build_policy(cfg, 10, 2)
 
 
+def test_eval_samplers_score_the_same_weights_on_the_same_episodes(tmp_path, monkeypatch):
+    from scidiff.policy import rollout as rollout_module
+
+    cfg = particle_config(tmp_path / "run", **{"sampler.steps": 2, "policy.eval.episodes": 3,
+                                               "+policy.eval.samplers.ddpm3": "{name: ddpm, steps: 3}"})
+    calls = []
+
+    def fake_rollout(policy, env, *, episodes, seed, sampler, num_envs, progress):
+        calls.append((policy, env, episodes, seed, sampler.name, sampler.steps))
+        return sampler, [], None
+
+    monkeypatch.setattr(rollout_module, "rollout", fake_rollout)
+    monkeypatch.setattr(rollout_module, "summarize", lambda s, _: {"avg_max_reward": s.steps / 10, "success_rate": 0.5})
+    policy = torch.nn.Linear(1, 1)
+    assert policy_train.make_evaluate(cfg, [])(policy, 0) == {
+        "avg_max_reward": 0.2, "success_rate": 0.5, "ddpm3/avg_max_reward": 0.3, "ddpm3/success_rate": 0.5}
+    spec = cfg["policy"]["eval"]
+    assert calls == [(policy, spec["env"], 3, spec["seed"], cfg["sampler"]["name"], 2),
+                     (policy, spec["env"], 3, spec["seed"], "ddpm", 3)]
+    bad = particle_config(tmp_path / "bad", **{"+policy.eval.samplers.bad-label": "{name: ddpm, steps: 3}"})
+    with pytest.raises(ValueError, match="bad-label"):
+        policy_train.make_evaluate(bad, [])
+    with pytest.raises(ValueError, match="sampler.steps"):
+        policy_train.make_evaluate(particle_config(tmp_path / "bad", **{"+policy.eval.samplers.x": "{name: ddpm}"}), [])
+
+
 def test_regression_objective_is_one_override(tmp_path):
     cfg = particle_config(tmp_path, **{"policy.objective": "regression"})
     policy = policy_train.build_policy(cfg, 10, 2)
