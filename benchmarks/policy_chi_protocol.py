@@ -64,28 +64,33 @@ def sampler_labels(evals: list[dict]) -> list[str]:
     return list(labels)
 
 
+def sampler_scores(evals: list[dict], label: str = "") -> list[tuple[int, float, float]]:
+    """(step, avg max coverage, success) of the evaluations scored by the run's own sampler or, with ``label``
+    ("ddpm10/"), by that one of ``policy.eval.samplers``; evaluations that did not score it are left out."""
+    return [(e["step"], e[f"eval/{label}avg_max_reward"], e.get(f"eval/{label}success_rate", float("nan")))
+            for e in evals if f"eval/{label}avg_max_reward" in e]
+
+
 def curve(run_dir: Path) -> list[tuple[int, float, float, float]]:
     """(step, training hours, avg max coverage, success) of each closed-loop evaluation of a run."""
     elapsed = training_seconds(run_dir)
     rows = []
-    for e in evaluations(run_dir):
-        logged = [s for s in elapsed if s <= e["step"]]
-        rows.append((e["step"], elapsed[max(logged)] / 3600 if logged else 0.0, e["eval/avg_max_reward"],
-                     e.get("eval/success_rate", float("nan"))))
+    for step, score, success in sampler_scores(evaluations(run_dir)):
+        logged = [s for s in elapsed if s <= step]
+        rows.append((step, elapsed[max(logged)] / 3600 if logged else 0.0, score, success))
     return rows
 
 
 def protocol_scores(evals: list[dict], last: int = 10, label: str = "") -> dict[str, float]:
     """Best and mean-of-last-``last`` average max coverage (and success) over a run's evaluations, scored by the
     run's own sampler or, with ``label`` ("ddpm10/"), by that one of ``policy.eval.samplers``."""
-    evals = [e for e in evals if f"eval/{label}avg_max_reward" in e]
-    if not evals:
+    rows = sampler_scores(evals, label)
+    if not rows:
         raise ValueError(f"the run logged no closed-loop evaluation{' with ' + label[:-1] if label else ''} "
                          "(policy.eval.episodes, policy.eval.samplers and trainer.eval_every)")
-    scores = [e[f"eval/{label}avg_max_reward"] for e in evals]
-    success = [e.get(f"eval/{label}success_rate", float("nan")) for e in evals]
+    steps, scores, success = zip(*rows)
     best = max(range(len(scores)), key=scores.__getitem__)
-    return {"best": scores[best], "best_step": evals[best]["step"], "best_success": success[best],
+    return {"best": scores[best], "best_step": steps[best], "best_success": success[best],
             "last_mean": statistics.fmean(scores[-last:]), "last_success": statistics.fmean(success[-last:]),
             "evaluations": len(scores)}
 
@@ -121,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in sampler_labels([e for _, evals in runs for e in evals]):
         rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
         name = label[:-1] or "the run's sampler"
-        print(f"\n{args.experiment}, {name}: avg max coverage on seeds 100000-100049 "
-              "(success in brackets)")
+        print(f"\n{args.experiment}, {name}: avg max coverage on seeds 100000-100049 (success in brackets)")
         print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
         for seed, r in rows:
             print(f"| {seed} | {r['best']:.3f} [{r['best_success']:.0%}] ({r['best_step']}) | "

@@ -179,16 +179,16 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
         if not str(label).isidentifier():
             raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
         samplers[f"{label}/"] = build_sampler(section)
+    episodes = int(spec.get("episodes", 0))
+    seed, num_envs = int(spec.get("seed", 1000)), int(spec.get("num_envs", episodes))
 
     def evaluate(policy: nn.Module, step: int) -> dict[str, float]:
         policy.eval()
         scores = {"val_loss": validation_loss(policy, val)} if len(val) else {}
-        episodes = int(spec.get("episodes", 0))
         if episodes and spec.get("env"):
             for prefix, sampler in samplers.items():
-                results, latencies, _ = rollout(policy, spec["env"], episodes=episodes,
-                                                seed=int(spec.get("seed", 1000)), sampler=sampler,
-                                                num_envs=int(spec.get("num_envs", episodes)), progress=False)
+                results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=seed, sampler=sampler,
+                                                num_envs=num_envs, progress=False)
                 summary = summarize(results, latencies)
                 scores.update({prefix + k: summary[k] for k in ("avg_max_reward", "success_rate")
                                if summary.get(k) is not None})
