@@ -31,11 +31,13 @@ def test_protocol_split_seeds_and_recipe_are_chi_et_al(experiment):
     np.testing.assert_array_equal(val, want_val)
     assert train.sum() == 90 and val.sum() == 4 and not (train & val).any()
     evaluation = {"env": "scidiff/PushT-keypoints-v0", "episodes": 50, "seed": 100000}
-    if experiment == "pusht_chi_cpu":  # DDIM-10 for speed, and Chi et al.'s stochastic DDPM at the same cost
-        assert cfg["sampler"] == {"name": "ddim", "steps": 10, "eta": 0.0}
-        evaluation["samplers"] = {"ddpm10": {"name": "ddpm", "steps": 10}}
+    if experiment == "pusht_chi_cpu":  # Chi et al.'s stochastic DDPM at a tenth of the steps, the 4.6 M U-Net
+        assert cfg["sampler"] == {"name": "ddpm", "steps": 10}
+        assert cfg["model"]["down_dims"] == [64, 128, 256] and cfg["trainer"]["precision"] == "bf16"
+        assert cfg["trainer"]["max_steps"] // cfg["trainer"]["eval_every"] == 20  # a best and a mean of the last 10
     else:
         assert cfg["sampler"] == {"name": "ddpm", "steps": 100}
+        assert cfg["model"]["down_dims"] == [256, 512, 1024]
     assert cfg["policy"]["eval"] == evaluation
     t = cfg["trainer"]
     assert (t["lr"], t["betas"], t["weight_decay"], t["warmup_steps"], t["batch_size"]) == (1e-4, [0.95, 0.999], 1e-6, 500, 256)
