@@ -10,7 +10,8 @@ metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, 
 
 The curve is each evaluation's score against the training time spent to reach it (summed from the logged
 steps/s, so evaluation time is left out). A run that also scored other samplers at each evaluation
-(``policy.eval.samplers``, e.g. pusht_chi_cpu's DDPM-10) gets one table per sampler, from the same checkpoints.
+(``policy.eval.samplers``, e.g. DDPM-10 in the 1.39 M recipe of the README) gets one table per sampler, from the
+same checkpoints.
 """
 
 from __future__ import annotations
