@@ -11,7 +11,9 @@ metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, 
 The curve is each evaluation's score against the training time spent to reach it (summed from the logged
 steps/s, so evaluation time is left out). A run that also scored other samplers at each evaluation
 (``policy.eval.samplers``, e.g. DDPM-10 in the 1.39 M recipe of the README) gets one table per sampler, from the
-same checkpoints.
+same checkpoints; a sampler section with its own ``seed`` scores them on other initial states, and ``--select
+LABEL`` (e.g. validation seeds 200000-200049 logged as ``valseeds``) then also reports the test score of the
+checkpoint that scored best on those: a best checkpoint chosen without looking at the test seeds.
 """
 
 from __future__ import annotations
@@ -96,6 +98,28 @@ def protocol_scores(evals: list[dict], last: int = 10, label: str = "") -> dict[
             "evaluations": len(scores)}
 
 
+def chosen_on(evals: list[dict], select: str, label: str = "") -> dict[str, float]:
+    """The step that scored best under ``select`` ("valseeds/") and that checkpoint's score under ``label`` (the
+    run's own sampler and seeds by default): model selection on other seeds, reported on the test seeds."""
+    scored = {step: (score, success) for step, score, success in sampler_scores(evals, label)}
+    candidates = [(score, step) for step, score, _ in sampler_scores(evals, select) if step in scored]
+    if not candidates:
+        raise ValueError(f"the run logged no evaluation with {select[:-1]!r} at a step it also scored "
+                         f"{label[:-1] or 'with its own sampler'}")
+    step = max(candidates)[1]
+    return {"step": step, "score": scored[step][0], "success": scored[step][1]}
+
+
+def eval_seeds(run_dir: Path, label: str = "") -> str:
+    """The first and last episode seed of the evaluations logged under ``label``, from the run's saved config."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))["policy"]["eval"]
+    section = ((spec.get("samplers") or {}).get(label[:-1]) or {}) if label else {}
+    first = int(section.get("seed", spec.get("seed", 1000)))
+    return f"{first}-{first + int(spec.get('episodes', 0)) - 1}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="pusht_chi_cpu", help="protocol experiment (default pusht_chi_cpu)")
@@ -103,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="parent folder of the runs (default runs)")
     parser.add_argument("--report-only", action="store_true", help="read finished runs, train nothing")
     parser.add_argument("--run", type=Path, default=None, help="report this one run folder (scores and curve) only")
+    parser.add_argument("--select", default=None, metavar="LABEL",
+                        help="also report the test score of the checkpoint that scored best under this "
+                             "policy.eval.samplers label (e.g. valseeds: validation seeds)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=2000)")
     args = parser.parse_args(argv)
 
@@ -124,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         runs.append((seed, evaluations(run_dir)))
+    first_run = Path(args.runs) / f"{args.experiment}_seed{args.seeds[0]}"
     for label in sampler_labels([e for _, evals in runs for e in evals]):
         rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
         name = label[:-1] or "the run's sampler"
-        print(f"\n{args.experiment}, {name}: avg max coverage on seeds 100000-100049 (success in brackets)")
+        print(f"\n{args.experiment}, {name}: avg max coverage on seeds {eval_seeds(first_run, label)} "
+              "(success in brackets)")
         print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
         for seed, r in rows:
             print(f"| {seed} | {r['best']:.3f} [{r['best_success']:.0%}] ({r['best_step']}) | "
@@ -135,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         best = statistics.fmean(r["best"] for _, r in rows)
         last = statistics.fmean(r["last_mean"] for _, r in rows)
         print(f"| mean of {len(rows)} | {best:.3f} | {last:.3f} | |")
+    if args.select:
+        rows = [(seed, chosen_on(evals, args.select.rstrip("/") + "/")) for seed, evals in runs]
+        print(f"\nbest checkpoint chosen on {args.select} ({eval_seeds(first_run, args.select.rstrip('/') + '/')}), "
+              f"scored on seeds {eval_seeds(first_run)}")
+        print("| training seed | chosen step | avg max coverage [success] |\n|---|---|---|")
+        for seed, r in rows:
+            print(f"| {seed} | {r['step']} | {r['score']:.3f} [{r['success']:.0%}] |")
+        print(f"| mean of {len(rows)} | | {statistics.fmean(r['score'] for _, r in rows):.3f} |")
     print("Chi et al. 2023 (CNN, state PushT): 0.95 / 0.91")
     return 0
 

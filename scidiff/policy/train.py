@@ -167,28 +167,33 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
     """The trainer's evaluate(ema_policy, step) hook: validation loss plus a few rollouts (policy.eval section).
 
     The rollouts use the ``sampler`` section; ``policy.eval.samplers`` (label -> sampler section) scores the same
-    weights on the same initial states with other samplers too, logged as ``<label>/avg_max_reward`` etc., so one
-    training run compares samplers checkpoint by checkpoint (e.g. Chi et al.'s DDPM next to DDIM-10)."""
+    weights with other samplers too, logged as ``<label>/avg_max_reward`` etc., so one training run compares samplers
+    checkpoint by checkpoint (e.g. Chi et al.'s DDPM next to DDIM-10). Such a section may also name its own first
+    episode ``seed``: the same weights are then scored on other initial states, e.g. validation seeds on which to
+    choose a checkpoint or a schedule without looking at the test seeds."""
     from scidiff.core import build_sampler
 
     from .rollout import rollout, summarize
 
     spec = cfg["policy"].get("eval") or {}
-    samplers = {"": build_sampler(cfg["sampler"])}
+    seed = int(spec.get("seed", 1000))
+    runs = {"": (build_sampler(cfg["sampler"]), seed)}  # log prefix -> (sampler, first episode seed)
     for label, section in (spec.get("samplers") or {}).items():
         if not str(label).isidentifier():
             raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
-        samplers[f"{label}/"] = build_sampler(section)
+        section = dict(section)
+        first_seed = int(section.pop("seed", seed))
+        runs[f"{label}/"] = (build_sampler(section), first_seed)
     episodes = int(spec.get("episodes", 0))
-    seed, num_envs = int(spec.get("seed", 1000)), int(spec.get("num_envs", episodes))
+    num_envs = int(spec.get("num_envs", episodes))
 
     def evaluate(policy: nn.Module, step: int) -> dict[str, float]:
         policy.eval()
         scores = {"val_loss": validation_loss(policy, val)} if len(val) else {}
         if episodes and spec.get("env"):
-            for prefix, sampler in samplers.items():
-                results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=seed, sampler=sampler,
-                                                num_envs=num_envs, progress=False)
+            for prefix, (sampler, first_seed) in runs.items():
+                results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=first_seed,
+                                                sampler=sampler, num_envs=num_envs, progress=False)
                 summary = summarize(results, latencies)
                 scores.update({prefix + k: summary[k] for k in ("avg_max_reward", "success_rate")
                                if summary.get(k) is not None})

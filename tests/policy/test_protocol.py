@@ -47,13 +47,19 @@ def test_protocol_split_seeds_and_recipe_are_chi_et_al(experiment):
     assert (cfg["policy"]["horizon"], cfg["policy"]["n_obs_steps"], cfg["policy"]["n_action_steps"]) == (16, 2, 8)
 
 
-def test_protocol_scores_best_and_last_ten():
+def protocol_benchmark():
+    """benchmarks/policy_chi_protocol.py as a module (benchmarks are scripts, not a package)."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("chi", Path(__file__).parents[2] / "benchmarks/policy_chi_protocol.py")
     chi = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(chi)
+    return chi
+
+
+def test_protocol_scores_best_and_last_ten():
+    chi = protocol_benchmark()
     evals = [{"step": 100 * i, "eval/avg_max_reward": s, "eval/success_rate": 0.5} for i, s in
              enumerate([0.2, 0.9, 0.5] + [0.7] * 10)]
     r = chi.protocol_scores(evals)
@@ -70,3 +76,17 @@ def test_protocol_scores_best_and_last_ten():
     assert r["last_mean"] == pytest.approx(0.8 + sum(range(2, 12)) / 1000)
     with pytest.raises(ValueError, match="with dpm"):
         chi.protocol_scores(evals, label="dpm/")
+    # a checkpoint chosen on other seeds (a sampler section with its own seed) is reported with its test score
+    r = chi.chosen_on(evals, "ddpm10/")
+    assert (r["step"], r["score"], r["success"]) == (1200, 0.7, 0.5)
+    with pytest.raises(ValueError, match="'dpm'"):
+        chi.chosen_on(evals, "dpm/")
+
+
+def test_eval_seeds_are_read_from_the_run_config(tmp_path):
+    chi = protocol_benchmark()
+    (tmp_path / "config.yaml").write_text(
+        "policy:\n  eval:\n    episodes: 50\n    seed: 100000\n    samplers:\n"
+        "      ddpm10: {name: ddpm, steps: 10}\n      valseeds: {name: ddpm, steps: 10, seed: 200000}\n")
+    assert chi.eval_seeds(tmp_path) == chi.eval_seeds(tmp_path, "ddpm10/") == "100000-100049"
+    assert chi.eval_seeds(tmp_path, "valseeds/") == "200000-200049"

@@ -119,6 +119,13 @@ def test_eval_samplers_score_the_same_weights_on_the_same_episodes(tmp_path, mon
     spec = cfg["policy"]["eval"]
     assert calls == [(policy, spec["env"], 3, spec["seed"], cfg["sampler"]["name"], 2),
                      (policy, spec["env"], 3, spec["seed"], "ddpm", 3)]
+    # a section with its own seed scores the same weights on other initial states (e.g. validation seeds)
+    calls.clear()
+    other = particle_config(tmp_path / "run", **{"sampler.steps": 2, "policy.eval.episodes": 3,
+                                                 "+policy.eval.samplers.val": "{name: ddpm, steps: 3, seed: 200000}"})
+    assert set(policy_train.make_evaluate(other, [])(policy, 0)) == {
+        "avg_max_reward", "success_rate", "val/avg_max_reward", "val/success_rate"}
+    assert [c[3] for c in calls] == [spec["seed"], 200000] and calls[1][4:] == ("ddpm", 3)
     bad = particle_config(tmp_path / "bad", **{"+policy.eval.samplers.bad-label": "{name: ddpm, steps: 3}"})
     with pytest.raises(ValueError, match="bad-label"):
         policy_train.make_evaluate(bad, [])
