@@ -110,14 +110,24 @@ def chosen_on(evals: list[dict], select: str, label: str = "") -> dict[str, floa
     return {"step": step, "score": scored[step][0], "success": scored[step][1]}
 
 
+def seed_range(spec: dict, label: str = "") -> str:
+    """"first-last" episode seeds of the evaluations logged under ``label``, from a run's ``policy.eval`` section."""
+    from scidiff.policy.train import eval_seed
+
+    first = eval_seed(spec, label)
+    return f"{first}-{first + int(spec.get('episodes', 0)) - 1}"
+
+
+def eval_spec(run_dir: Path) -> dict:
+    """A run's ``policy.eval`` section, from its saved config."""
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["policy"]["eval"]
+
+
 def eval_seeds(run_dir: Path, label: str = "") -> str:
     """The first and last episode seed of the evaluations logged under ``label``, from the run's saved config."""
-    from omegaconf import OmegaConf
-
-    spec = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))["policy"]["eval"]
-    section = ((spec.get("samplers") or {}).get(label[:-1]) or {}) if label else {}
-    first = int(section.get("seed", spec.get("seed", 1000)))
-    return f"{first}-{first + int(spec.get('episodes', 0)) - 1}"
+    return seed_range(eval_spec(run_dir), label)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         runs.append((seed, evaluations(run_dir)))
-    first_run = Path(args.runs) / f"{args.experiment}_seed{args.seeds[0]}"
+    spec = eval_spec(Path(args.runs) / f"{args.experiment}_seed{args.seeds[0]}")
     for label in sampler_labels([e for _, evals in runs for e in evals]):
         rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
         name = label[:-1] or "the run's sampler"
-        print(f"\n{args.experiment}, {name}: avg max coverage on seeds {eval_seeds(first_run, label)} "
+        print(f"\n{args.experiment}, {name}: avg max coverage on seeds {seed_range(spec, label)} "
               "(success in brackets)")
         print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
         for seed, r in rows:
@@ -165,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         last = statistics.fmean(r["last_mean"] for _, r in rows)
         print(f"| mean of {len(rows)} | {best:.3f} | {last:.3f} | |")
     if args.select:
-        rows = [(seed, chosen_on(evals, args.select.rstrip("/") + "/")) for seed, evals in runs]
-        print(f"\nbest checkpoint chosen on {args.select} ({eval_seeds(first_run, args.select.rstrip('/') + '/')}), "
-              f"scored on seeds {eval_seeds(first_run)}")
+        select = args.select.rstrip("/") + "/"
+        rows = [(seed, chosen_on(evals, select)) for seed, evals in runs]
+        print(f"\nbest checkpoint chosen on {select[:-1]} ({seed_range(spec, select)}), "
+              f"scored on seeds {seed_range(spec)}")
         print("| training seed | chosen step | avg max coverage [success] |\n|---|---|---|")
         for seed, r in rows:
             print(f"| {seed} | {r['step']} | {r['score']:.3f} [{r['success']:.0%}] |")

@@ -20,8 +20,8 @@ from scidiff.core.trainer import move_to
 from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
-__all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "make_evaluate",
-           "train_from_config"]
+__all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "eval_seed",
+           "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
 # objective=consistency: the diffusion policy file, its DDIM grid, the student's stride along it, and optionally the
@@ -163,6 +163,14 @@ def validation_loss(policy: DiffusionPolicy, dataset: PolicyWindowDataset, batch
     return total / max(n, 1)
 
 
+def eval_seed(spec: dict[str, Any], label: str = "") -> int:
+    """The first episode seed of the rollouts logged under ``label`` ("" for the run's own sampler, else a
+    ``policy.eval.samplers`` label) in the ``policy.eval`` section ``spec``: that section's own ``seed``, else
+    ``policy.eval.seed``."""
+    section = ((spec.get("samplers") or {}).get(label.rstrip("/")) or {}) if label else {}
+    return int(section.get("seed", spec.get("seed", 1000)))
+
+
 def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
     """The trainer's evaluate(ema_policy, step) hook: validation loss plus a few rollouts (policy.eval section).
 
@@ -176,14 +184,12 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
     from .rollout import rollout, summarize
 
     spec = cfg["policy"].get("eval") or {}
-    seed = int(spec.get("seed", 1000))
-    runs = {"": (build_sampler(cfg["sampler"]), seed)}  # log prefix -> (sampler, first episode seed)
+    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec))}  # log prefix -> (sampler, first episode seed)
     for label, section in (spec.get("samplers") or {}).items():
         if not str(label).isidentifier():
             raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
-        section = dict(section)
-        first_seed = int(section.pop("seed", seed))
-        runs[f"{label}/"] = (build_sampler(section), first_seed)
+        sampler = build_sampler({k: v for k, v in section.items() if k != "seed"})
+        runs[f"{label}/"] = (sampler, eval_seed(spec, label))
     episodes = int(spec.get("episodes", 0))
     num_envs = int(spec.get("num_envs", episodes))
 
