@@ -11,9 +11,10 @@ metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, 
 The curve is each evaluation's score against the training time spent to reach it (summed from the logged
 steps/s, so evaluation time is left out). A run that also scored other samplers at each evaluation
 (``policy.eval.samplers``, e.g. DDPM-10 in the 1.39 M recipe of the README) gets one table per sampler, from the
-same checkpoints; a sampler section with its own ``seed`` scores them on other initial states, and ``--select
-LABEL`` (e.g. validation seeds 200000-200049 logged as ``valseeds``) then also reports the test score of the
-checkpoint that scored best on those: a best checkpoint chosen without looking at the test seeds.
+same checkpoints (with a ``from_step``, only those from that step on: DDPM-100 on the last 10); a sampler section
+with its own ``seed`` scores them on other initial states, and ``--select LABEL`` (e.g. validation seeds
+200000-200049 logged as ``valseeds``) then also reports the test score of the checkpoint that scored best on those:
+a best checkpoint chosen without looking at the test seeds.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     for label in sampler_labels([e for _, evals in runs for e in evals]):
         rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
         name = label[:-1] or "the run's sampler"
+        from_step = ((spec.get("samplers") or {}).get(label[:-1]) or {}).get("from_step") if label else None
         print(f"\n{args.experiment}, {name}: avg max coverage on seeds {seed_range(spec, label)} "
-              "(success in brackets)")
+              f"{f'at the checkpoints from step {from_step} ' if from_step else ''}(success in brackets)")
         print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
         for seed, r in rows:
             print(f"| {seed} | {r['best']:.3f} [{r['best_success']:.0%}] ({r['best_step']}) | "

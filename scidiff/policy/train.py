@@ -178,18 +178,24 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
     weights with other samplers too, logged as ``<label>/avg_max_reward`` etc., so one training run compares samplers
     checkpoint by checkpoint (e.g. Chi et al.'s DDPM next to DDIM-10). Such a section may also name its own first
     episode ``seed``: the same weights are then scored on other initial states, e.g. validation seeds on which to
-    choose a checkpoint or a schedule without looking at the test seeds."""
+    choose a checkpoint or a schedule without looking at the test seeds. And it may name a ``from_step``: an expensive
+    sampler (Chi et al.'s DDPM-100) is then scored only at the checkpoints from that step on, e.g. the last 10 that
+    the protocol averages."""
     from scidiff.core import build_sampler
 
     from .rollout import rollout, summarize
 
     spec = cfg["policy"].get("eval") or {}
-    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec))}  # log prefix -> (sampler, first episode seed)
+    # log prefix -> (sampler, first episode seed, first step evaluated)
+    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec), 0)}
     for label, section in (spec.get("samplers") or {}).items():
         if not str(label).isidentifier():
             raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
-        sampler = build_sampler({k: v for k, v in section.items() if k != "seed"})
-        runs[f"{label}/"] = (sampler, eval_seed(spec, label))
+        sampler = build_sampler({k: v for k, v in section.items() if k not in ("seed", "from_step")})
+        from_step = section.get("from_step", 0)
+        if not isinstance(from_step, int) or from_step < 0:
+            raise ValueError(f"policy.eval.samplers.{label}.from_step must be a step number >= 0, got {from_step!r}")
+        runs[f"{label}/"] = (sampler, eval_seed(spec, label), from_step)
     episodes = int(spec.get("episodes", 0))
     num_envs = int(spec.get("num_envs", episodes))
 
@@ -197,7 +203,9 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
         policy.eval()
         scores = {"val_loss": validation_loss(policy, val)} if len(val) else {}
         if episodes and spec.get("env"):
-            for prefix, (sampler, first_seed) in runs.items():
+            for prefix, (sampler, first_seed, from_step) in runs.items():
+                if step < from_step:
+                    continue
                 results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=first_seed,
                                                 sampler=sampler, num_envs=num_envs, progress=False)
                 summary = summarize(results, latencies)

@@ -126,6 +126,17 @@ def test_eval_samplers_score_the_same_weights_on_the_same_episodes(tmp_path, mon
     assert set(policy_train.make_evaluate(other, [])(policy, 0)) == {
         "avg_max_reward", "success_rate", "val/avg_max_reward", "val/success_rate"}
     assert [c[3] for c in calls] == [spec["seed"], 200000] and calls[1][4:] == ("ddpm", 3)
+    # a section with a from_step is scored only at the checkpoints from that step on
+    calls.clear()
+    late = particle_config(tmp_path / "run", **{"sampler.steps": 2, "policy.eval.episodes": 3,
+                                                "+policy.eval.samplers.late": "{name: ddpm, steps: 3, from_step: 20}"})
+    evaluate = policy_train.make_evaluate(late, [])
+    assert set(evaluate(policy, 19)) == {"avg_max_reward", "success_rate"}
+    assert set(evaluate(policy, 20)) == {"avg_max_reward", "success_rate", "late/avg_max_reward", "late/success_rate"}
+    assert [c[5] for c in calls] == [2, 2, 3]
+    with pytest.raises(ValueError, match="from_step"):
+        policy_train.make_evaluate(particle_config(tmp_path / "bad", **{
+            "+policy.eval.samplers.x": "{name: ddpm, steps: 3, from_step: -1}"}), [])
     bad = particle_config(tmp_path / "bad", **{"+policy.eval.samplers.bad-label": "{name: ddpm, steps: 3}"})
     with pytest.raises(ValueError, match="bad-label"):
         policy_train.make_evaluate(bad, [])
