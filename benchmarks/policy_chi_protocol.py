@@ -162,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         runs.append((seed, evaluations(run_dir)))
+    from scidiff.policy.train import eval_from_step
+
     spec = eval_spec(Path(args.runs) / f"{args.experiment}_seed{args.seeds[0]}")
     for label in sampler_labels([e for _, evals in runs for e in evals]):
         rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
         name = label[:-1] or "the run's sampler"
-        from_step = ((spec.get("samplers") or {}).get(label[:-1]) or {}).get("from_step") if label else None
+        from_step = eval_from_step(spec, label)
         print(f"\n{args.experiment}, {name}: avg max coverage on seeds {seed_range(spec, label)} "
               f"{f'at the checkpoints from step {from_step} ' if from_step else ''}(success in brackets)")
         print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")

@@ -21,7 +21,7 @@ from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
 __all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "eval_seed",
-           "make_evaluate", "train_from_config"]
+           "eval_from_step", "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
 # objective=consistency: the diffusion policy file, its DDIM grid, the student's stride along it, and optionally the
@@ -163,12 +163,30 @@ def validation_loss(policy: DiffusionPolicy, dataset: PolicyWindowDataset, batch
     return total / max(n, 1)
 
 
+# Keys of a policy.eval.samplers section that say where and when it is scored, not how it samples.
+_EVAL_ONLY_KEYS = ("seed", "from_step")
+
+
+def _eval_section(spec: dict[str, Any], label: str) -> dict[str, Any]:
+    """The ``policy.eval.samplers`` section logged under ``label`` ("ddpm100" or "ddpm100/"); {} for the run's own."""
+    return ((spec.get("samplers") or {}).get(label.rstrip("/")) or {}) if label else {}
+
+
 def eval_seed(spec: dict[str, Any], label: str = "") -> int:
     """The first episode seed of the rollouts logged under ``label`` ("" for the run's own sampler, else a
     ``policy.eval.samplers`` label) in the ``policy.eval`` section ``spec``: that section's own ``seed``, else
     ``policy.eval.seed``."""
-    section = ((spec.get("samplers") or {}).get(label.rstrip("/")) or {}) if label else {}
-    return int(section.get("seed", spec.get("seed", 1000)))
+    return int(_eval_section(spec, label).get("seed", spec.get("seed", 1000)))
+
+
+def eval_from_step(spec: dict[str, Any], label: str = "") -> int:
+    """The first training step at which the sampler logged under ``label`` is scored: its section's ``from_step``,
+    else 0 (every evaluation)."""
+    from_step = _eval_section(spec, label).get("from_step", 0)
+    if not isinstance(from_step, int) or from_step < 0:
+        raise ValueError(f"policy.eval.samplers.{label.rstrip('/')}.from_step must be a step number >= 0, "
+                         f"got {from_step!r}")
+    return from_step
 
 
 def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
@@ -187,15 +205,12 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
 
     spec = cfg["policy"].get("eval") or {}
     # log prefix -> (sampler, first episode seed, first step evaluated)
-    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec), 0)}
+    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec), eval_from_step(spec))}
     for label, section in (spec.get("samplers") or {}).items():
         if not str(label).isidentifier():
             raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
-        sampler = build_sampler({k: v for k, v in section.items() if k not in ("seed", "from_step")})
-        from_step = section.get("from_step", 0)
-        if not isinstance(from_step, int) or from_step < 0:
-            raise ValueError(f"policy.eval.samplers.{label}.from_step must be a step number >= 0, got {from_step!r}")
-        runs[f"{label}/"] = (sampler, eval_seed(spec, label), from_step)
+        sampler = build_sampler({k: v for k, v in section.items() if k not in _EVAL_ONLY_KEYS})
+        runs[f"{label}/"] = (sampler, eval_seed(spec, label), eval_from_step(spec, label))
     episodes = int(spec.get("episodes", 0))
     num_envs = int(spec.get("num_envs", episodes))
 
