@@ -11,7 +11,8 @@ metrics.jsonl). Chi et al. (2023) report max / mean of the last 10 checkpoints, 
 The curve is each evaluation's score against the training time spent to reach it (summed from the logged
 steps/s, so evaluation time is left out). A run that also scored other samplers at each evaluation
 (``policy.eval.samplers``, e.g. DDPM-10 in the 1.39 M recipe of the README) gets one table per sampler, from the
-same checkpoints (with a ``from_step``, only those from that step on: DDPM-100 on the last 10); a sampler section
+same checkpoints (with a ``from_step``, only those from that step on: DDPM-100 on the last 10; with an ``every``, only
+the multiples of it: DDPM-10 every 300 steps, DDPM-100 every 60 over the last 10 % of training); a sampler section
 with its own ``seed`` scores them on other initial states, and ``--select LABEL`` (e.g. validation seeds
 200000-200049 logged as ``valseeds``) then also reports the test score of the checkpoint that scored best on those:
 a best checkpoint chosen without looking at the test seeds.
@@ -162,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         runs.append((seed, evaluations(run_dir)))
-    from scidiff.policy.train import eval_from_step
+    from scidiff.policy.train import eval_schedule
 
     spec = eval_spec(Path(args.runs) / f"{args.experiment}_seed{args.seeds[0]}")
     for label in sampler_labels([e for _, evals in runs for e in evals]):
         rows = [(seed, protocol_scores(evals, label=label)) for seed, evals in runs]
         name = label[:-1] or "the run's sampler"
-        from_step = eval_from_step(spec, label)
+        from_step, every = eval_schedule(spec, label)
         print(f"\n{args.experiment}, {name}: avg max coverage on seeds {seed_range(spec, label)} "
+              f"{f'every {every} steps ' if every else ''}"
               f"{f'at the checkpoints from step {from_step} ' if from_step else ''}(success in brackets)")
         print("| training seed | best (step) | mean of last 10 | evaluations |\n|---|---|---|---|")
         for seed, r in rows:

@@ -21,7 +21,7 @@ from .datasets import PolicyWindowDataset, parse_obs_key, split_datasets
 from .policy import POLICY_CONFIG_KEY, DiffusionPolicy, load_policy
 
 __all__ = ["load_buffer", "data_symmetry", "trained_env", "build_policy", "validation_loss", "eval_seed",
-           "eval_from_step", "make_evaluate", "train_from_config"]
+           "eval_schedule", "make_evaluate", "train_from_config"]
 
 _POLICY_FIELDS = ("objective", "horizon", "n_obs_steps", "n_action_steps", "clip_sample", "vision")
 # objective=consistency: the diffusion policy file, its DDIM grid, the student's stride along it, and optionally the
@@ -164,7 +164,7 @@ def validation_loss(policy: DiffusionPolicy, dataset: PolicyWindowDataset, batch
 
 
 # Keys of a policy.eval.samplers section that say where and when it is scored, not how it samples.
-_EVAL_ONLY_KEYS = ("seed", "from_step")
+_EVAL_ONLY_KEYS = ("seed", "from_step", "every")
 
 
 def _eval_section(spec: dict[str, Any], label: str) -> dict[str, Any]:
@@ -179,14 +179,18 @@ def eval_seed(spec: dict[str, Any], label: str = "") -> int:
     return int(_eval_section(spec, label).get("seed", spec.get("seed", 1000)))
 
 
-def eval_from_step(spec: dict[str, Any], label: str = "") -> int:
-    """The first training step at which the sampler logged under ``label`` is scored: its section's ``from_step``,
-    else 0 (every evaluation)."""
-    from_step = _eval_section(spec, label).get("from_step", 0)
-    if not isinstance(from_step, int) or from_step < 0:
-        raise ValueError(f"policy.eval.samplers.{label.rstrip('/')}.from_step must be a step number >= 0, "
-                         f"got {from_step!r}")
-    return from_step
+def eval_schedule(spec: dict[str, Any], label: str = "") -> tuple[int, int]:
+    """(from_step, every): the sampler logged under ``label`` is scored at the evaluations (every
+    ``trainer.eval_every`` steps) whose step is at least ``from_step`` and a multiple of ``every`` (0: all of them).
+    Each is its section's own, else ``policy.eval``'s, else 0."""
+    section, schedule = _eval_section(spec, label), []
+    for key in ("from_step", "every"):
+        value = section.get(key, spec.get(key, 0))
+        if not isinstance(value, int) or value < 0:
+            where = f"samplers.{label.rstrip('/')}." if key in section else ""
+            raise ValueError(f"policy.eval.{where}{key} must be a step number >= 0, got {value!r}")
+        schedule.append(value)
+    return schedule[0], schedule[1]
 
 
 def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
@@ -198,19 +202,20 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
     episode ``seed``: the same weights are then scored on other initial states, e.g. validation seeds on which to
     choose a checkpoint or a schedule without looking at the test seeds. And it may name a ``from_step``: an expensive
     sampler (Chi et al.'s DDPM-100) is then scored only at the checkpoints from that step on, e.g. the last 10 that
-    the protocol averages."""
+    the protocol averages, and an ``every``: scored only at the steps that are multiples of it, so one run can score a
+    cheap sampler every 300 steps and an expensive one at finer spacing near the end (``eval_schedule``)."""
     from scidiff.core import build_sampler
 
     from .rollout import rollout, summarize
 
     spec = cfg["policy"].get("eval") or {}
-    # log prefix -> (sampler, first episode seed, first step evaluated)
-    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec), eval_from_step(spec))}
+    # log prefix -> (sampler, first episode seed, (first step scored, scored at multiples of))
+    runs = {"": (build_sampler(cfg["sampler"]), eval_seed(spec), eval_schedule(spec))}
     for label, section in (spec.get("samplers") or {}).items():
         if not str(label).isidentifier():
             raise ValueError(f"policy.eval.samplers: label {label!r} must be a name (letters, digits, _)")
         sampler = build_sampler({k: v for k, v in section.items() if k not in _EVAL_ONLY_KEYS})
-        runs[f"{label}/"] = (sampler, eval_seed(spec, label), eval_from_step(spec, label))
+        runs[f"{label}/"] = (sampler, eval_seed(spec, label), eval_schedule(spec, label))
     episodes = int(spec.get("episodes", 0))
     num_envs = int(spec.get("num_envs", episodes))
 
@@ -218,8 +223,8 @@ def make_evaluate(cfg: dict[str, Any], val: PolicyWindowDataset):
         policy.eval()
         scores = {"val_loss": validation_loss(policy, val)} if len(val) else {}
         if episodes and spec.get("env"):
-            for prefix, (sampler, first_seed, from_step) in runs.items():
-                if step < from_step:
+            for prefix, (sampler, first_seed, (from_step, every)) in runs.items():
+                if step < from_step or (every and step % every):
                     continue
                 results, latencies, _ = rollout(policy, spec["env"], episodes=episodes, seed=first_seed,
                                                 sampler=sampler, num_envs=num_envs, progress=False)

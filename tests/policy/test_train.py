@@ -134,9 +134,23 @@ def test_eval_samplers_score_the_same_weights_on_the_same_episodes(tmp_path, mon
     assert set(evaluate(policy, 19)) == {"avg_max_reward", "success_rate"}
     assert set(evaluate(policy, 20)) == {"avg_max_reward", "success_rate", "late/avg_max_reward", "late/success_rate"}
     assert [c[5] for c in calls] == [2, 2, 3]
-    with pytest.raises(ValueError, match="from_step"):
+    with pytest.raises(ValueError, match="policy.eval.samplers.x.from_step"):
         policy_train.make_evaluate(particle_config(tmp_path / "bad", **{
             "+policy.eval.samplers.x": "{name: ddpm, steps: 3, from_step: -1}"}), [])
+    # with an ``every``, only at the multiples of it: the run's own sampler every 30 steps (policy.eval.every), a
+    # section every 10 from step 20 (its own); the trainer calls the hook every 10 steps
+    calls.clear()
+    fine = particle_config(tmp_path / "run", **{"sampler.steps": 2, "policy.eval.episodes": 3, "+policy.eval.every": 30,
+                                                "+policy.eval.samplers.fine": "{name: ddpm, steps: 3, from_step: 20, every: 10}"})
+    evaluate = policy_train.make_evaluate(fine, [])
+    scored = {step: sorted(evaluate(policy, step)) for step in range(10, 70, 10)}
+    assert {step for step, keys in scored.items() if "avg_max_reward" in keys} == {30, 60}
+    assert {step for step, keys in scored.items() if "fine/avg_max_reward" in keys} == {20, 30, 40, 50, 60}
+    assert [c[5] for c in calls] == [3, 2, 3, 3, 3, 2, 3]
+    assert policy_train.eval_schedule(fine["policy"]["eval"]) == (0, 30)
+    assert policy_train.eval_schedule(fine["policy"]["eval"], "fine/") == (20, 10)
+    with pytest.raises(ValueError, match="policy.eval.every must be"):
+        policy_train.make_evaluate(particle_config(tmp_path / "bad", **{"+policy.eval.every": "often"}), [])
     bad = particle_config(tmp_path / "bad", **{"+policy.eval.samplers.bad-label": "{name: ddpm, steps: 3}"})
     with pytest.raises(ValueError, match="bad-label"):
         policy_train.make_evaluate(bad, [])
