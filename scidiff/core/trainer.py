@@ -417,6 +417,7 @@ def train(
                 if progress is not None:
                     progress.set_postfix(loss=f"{loss_value:.4f}")
                 loss_sum, loss_count, t_last = 0.0, 0, now
+            paused = time.perf_counter()
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and info.is_main:
                 scores = evaluate(ema.module if ema is not None else model, step)
                 log.write(step, {f"eval/{k}": v for k, v in scores.items()})
@@ -424,6 +425,8 @@ def train(
                 model.train()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 checkpoint()
+            # steps_per_s is training speed: an evaluation (minutes of rollouts) or a checkpoint is not counted in it
+            t_last += time.perf_counter() - paused
         # Other ranks return from checkpoint() while rank 0 still writes; tearing gloo down under a peer that is
         # still connected aborts the process ("terminate called without an active exception").
         wait_for_all_ranks(info)

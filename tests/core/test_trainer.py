@@ -131,6 +131,28 @@ def test_logs_and_inference_file(tmp_path):
         assert torch.equal(state[key], value)
 
 
+def test_steps_per_s_counts_training_only(tmp_path, monkeypatch):
+    # a clock that moves only when told: 1 s per training step, 100 s per evaluation (rollouts take minutes), so
+    # every logged steps/s is exactly 1 if, and only if, evaluations and checkpoints are left out of it
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    data, loss_fn = _toy_setup()
+
+    def timed_loss(net, batch, generator):
+        clock[0] += 1.0
+        return loss_fn(net, batch, generator)
+
+    def evaluate(model, step):
+        clock[0] += 100.0
+        return {"score": float(step)}
+
+    result = train(MLPDenoiser(hidden=32, depth=2), data, timed_loss, _config(tmp_path, "speed", eval_every=10),
+                   evaluate=evaluate)
+    rates = [r["steps_per_s"] for r in result.history if "steps_per_s" in r]
+    assert len(rates) == 6 and rates == pytest.approx([1.0] * 6)
+    assert [r["eval/score"] for r in result.history if "eval/score" in r] == [10.0, 20.0, 30.0]
+
+
 def test_checkpoints_never_unpickle(tmp_path):
     """A training-state file carrying arbitrary Python objects is refused, not executed."""
 
