@@ -30,14 +30,16 @@ from pathlib import Path
 
 
 def evaluations(run_dir: Path) -> list[dict]:
-    """The logged closed-loop evaluations of a run, in step order (the last record of a step wins on resume)."""
+    """The logged closed-loop evaluations of a run, in step order (the last record of a step wins on resume): every
+    record with a rollout score, of the run's own sampler or of any of ``policy.eval.samplers`` (which may be scored
+    at steps the run's own is not: ``every``)."""
     by_step: dict[int, dict] = {}
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: train it first (drop --report-only)")
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        if "eval/avg_max_reward" in record:
+        if any(re.fullmatch(r"eval/(\w+/)?avg_max_reward", key) for key in record):
             by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
 

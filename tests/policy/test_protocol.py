@@ -1,5 +1,7 @@
 """Chi et al.'s PushT protocol as configured: the episode split is theirs, evaluation on their test seeds."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,26 @@ def test_protocol_scores_best_and_last_ten():
     assert (r["step"], r["score"], r["success"]) == (1200, 0.7, 0.5)
     with pytest.raises(ValueError, match="'dpm'"):
         chi.chosen_on(evals, "dpm/")
+
+
+def test_evaluations_keep_the_steps_only_a_second_sampler_scored(tmp_path):
+    # DDPM-10 every 300 steps (policy.eval.every), DDPM-100 every 60 from 480 (a section's every and from_step)
+    chi, records = protocol_benchmark(), []
+    for step in range(60, 660, 60):
+        records.append({"step": step, "loss": 0.1, "steps_per_s": 2.0})
+        scores = {"eval/val_loss": 0.03}  # one record per evaluation, as the training loop logs it
+        if step % 300 == 0:
+            scores.update({"eval/avg_max_reward": 0.5, "eval/success_rate": 0.0})
+        if step >= 480:
+            scores.update({"eval/ddpm100/avg_max_reward": step / 1000, "eval/ddpm100/success_rate": 0.0})
+        records.append({"step": step, **scores})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    evals = chi.evaluations(tmp_path)
+    assert [e["step"] for e in evals] == [300, 480, 540, 600]
+    assert chi.protocol_scores(evals)["evaluations"] == 2
+    r = chi.protocol_scores(evals, label="ddpm100/")
+    assert (r["evaluations"], r["best_step"]) == (3, 600) and r["last_mean"] == pytest.approx(0.54)
+    assert [row[0] for row in chi.curve(tmp_path)] == [300, 600]
 
 
 def test_eval_seeds_are_read_from_the_run_config(tmp_path):
