@@ -13,7 +13,7 @@ which leave evaluations and checkpoints out; runs logged before 2026-12-07's tra
 also scored other samplers at each evaluation (``policy.eval.samplers``, e.g. DDPM-10 in the 1.39 M recipe of the
 README) gets one table per sampler, from the same checkpoints (with a ``from_step``, only those from that step on:
 DDPM-100 on the last 10; with an ``every``, only the multiples of it: DDPM-10 every 300 steps, DDPM-100 every 60 over
-the last 10 % of training); a sampler section with its own ``seed`` scores them on other initial states, and
+the last 10 checkpoints); a sampler section with its own ``seed`` scores them on other initial states, and
 ``--select LABEL`` (e.g. validation seeds 200000-200049 logged as ``valseeds``) then also reports the test score of
 the checkpoint that scored best on those: a best checkpoint chosen without looking at the test seeds.
 """
