@@ -29,6 +29,11 @@ import sys
 from pathlib import Path
 
 
+# A logged rollout score: eval/avg_max_reward for the run's own sampler, eval/<label>/avg_max_reward for one of
+# policy.eval.samplers (group 1: the label).
+SCORE_KEY = re.compile(r"eval/(?:(\w+)/)?avg_max_reward")
+
+
 def evaluations(run_dir: Path) -> list[dict]:
     """The logged closed-loop evaluations of a run, in step order (the last record of a step wins on resume): every
     record with a rollout score, of the run's own sampler or of any of ``policy.eval.samplers`` (which may be scored
@@ -39,7 +44,7 @@ def evaluations(run_dir: Path) -> list[dict]:
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: train it first (drop --report-only)")
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        if any(re.fullmatch(r"eval/(\w+/)?avg_max_reward", key) for key in record):
+        if any(SCORE_KEY.fullmatch(key) for key in record):
             by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
 
@@ -65,8 +70,8 @@ def sampler_labels(evals: list[dict]) -> list[str]:
     labels = {"": None}
     for e in evals:
         for key in e:
-            match = re.fullmatch(r"eval/(\w+)/avg_max_reward", key)
-            if match:
+            match = SCORE_KEY.fullmatch(key)
+            if match and match.group(1):
                 labels.setdefault(match.group(1) + "/", None)
     return list(labels)
 
